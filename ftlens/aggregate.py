@@ -1,0 +1,131 @@
+"""Span-wise and token-wise aggregation over all layers (spec sections 2 and 3).
+
+A *virtual target* is a weighted sum of target rows ``w[t] >= 0``:
+
+    ybar[l] = sum_t w[t] b[l, t],   abar[l] = sum_t w[t] a[l, t]
+    Abar[l, h, s] = sum_t w[t] A[l, h, t, s]
+
+and the per-layer shares of :func:`ftlens.ifr.layer_shares` are computed once
+per ``(l, h, s)`` on those sums.  The token score is the layer sum
+``r(s) = sum_l sum_h e[l, h, s]``.  The token-wise method is the same computation
+with one-hot weights, batched over rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from einops import rearrange
+from jaxtyping import Float
+from torch import Tensor
+
+from .attention import attention_rows, weighted_attention
+from .capture import LayerState, ModelInfo
+from .ifr import layer_shares, mlp_share
+
+
+@dataclass
+class SpanShares:
+    """Per-layer shares of one virtual target.
+
+    ``heads[l, h, s]`` is ``e``; ``residual[l]``, ``bias[l]`` complete each layer to 1;
+    ``mlp[l]`` is the MLP share of the block output (reported, not used in scores).
+    """
+
+    heads: Float[Tensor, "layer head src"]
+    residual: Float[Tensor, " layer"]
+    bias: Float[Tensor, " layer"]
+    mlp: Float[Tensor, " layer"]
+
+    @property
+    def scores(self) -> Float[Tensor, " src"]:
+        """``r(s) = sum_l sum_h e[l, h, s]``."""
+        return self.heads.sum(dim=(0, 1))
+
+
+def _bias_total(info: ModelInfo, layer: int, wsum: Tensor) -> Tensor | None:
+    b_o = info.b_o[layer]
+    return None if b_o is None else wsum[:, None] * b_o.float()[None]
+
+
+def span_shares(
+    states: list[LayerState],
+    info: ModelInfo,
+    row_pos: Tensor,
+    weights: Float[Tensor, " row"],
+    threshold: float | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> SpanShares:
+    """Shares of the virtual target ``sum_t weights[t] * row t`` (rows = tracked positions)."""
+    w = weights.float()[None]
+    heads, res, bias, mlp = [], [], [], []
+    for layer, st in enumerate(states):
+        y = w @ st.b
+        x = w @ st.a
+        abar = weighted_attention(st.q, st.k, row_pos, w, info.specs[layer])
+        sh = layer_shares(y, x, _bias_total(info, layer, w.sum(-1)), abar, st.v, info.w_o[layer], threshold)
+        heads.append(sh.heads[0])
+        res.append(sh.residual[0])
+        bias.append(sh.bias[0])
+        mlp.append(mlp_share(y, w @ st.c)[0])
+        if progress is not None:
+            progress(layer)
+    return SpanShares(torch.stack(heads), torch.stack(res), torch.stack(bias), torch.stack(mlp))
+
+
+@dataclass
+class TokenwiseResult:
+    """Token-wise rows and their mean.
+
+    ``row_scores[r, s] = r_t(s)`` for each selected row ``t``; ``mean`` holds the
+    per-layer shares averaged over rows (its ``scores`` is the mean row).
+    """
+
+    row_scores: Float[Tensor, "row src"]
+    mean: SpanShares
+
+
+def tokenwise_shares(
+    states: list[LayerState],
+    info: ModelInfo,
+    row_pos: Tensor,
+    rows: Tensor,
+    threshold: float | None = None,
+    row_chunk: int = 32,
+    progress: Callable[[int], None] | None = None,
+) -> TokenwiseResult:
+    """Token-wise IFR (one-hot weights) for the tracked rows with indices ``rows``."""
+    n_rows = rows.numel()
+    n_src = states[0].k.shape[1]
+    row_scores = torch.zeros(n_rows, n_src, dtype=torch.float32, device=states[0].a.device)
+    heads, res, bias, mlp = [], [], [], []
+    for layer, st in enumerate(states):
+        l_heads = torch.zeros(info.n_heads, n_src, dtype=torch.float32, device=st.a.device)
+        l_res = l_bias = torch.zeros((), device=st.a.device)
+        for start in range(0, n_rows, row_chunk):
+            idx = rows[start : start + row_chunk]
+            attn = rearrange(
+                attention_rows(st.q[:, idx], st.k, row_pos[idx], info.specs[layer]),
+                "head row src -> row head src",
+            )
+            ones = torch.ones(idx.numel(), device=st.a.device)
+            sh = layer_shares(
+                st.b[idx], st.a[idx], _bias_total(info, layer, ones), attn, st.v, info.w_o[layer], threshold
+            )
+            row_scores[start : start + idx.numel()] += sh.heads.sum(dim=1)
+            l_heads += sh.heads.sum(dim=0)
+            l_res = l_res + sh.residual.sum()
+            l_bias = l_bias + sh.bias.sum()
+        heads.append(l_heads / n_rows)
+        res.append(l_res / n_rows)
+        bias.append(l_bias / n_rows)
+        mlp.append(mlp_share(st.b[rows], st.c[rows]).mean())
+        if progress is not None:
+            progress(layer)
+    mean = SpanShares(torch.stack(heads), torch.stack(res), torch.stack(bias), torch.stack(mlp))
+    return TokenwiseResult(row_scores=row_scores, mean=mean)
+
+
+__all__ = ["SpanShares", "span_shares", "TokenwiseResult", "tokenwise_shares"]

@@ -1,0 +1,167 @@
+"""``ftlens.trace``: from text to a :class:`~ftlens.trace.Trace`.
+
+    text -> spans (tokenise in context, roles) -> capture (one forward pass)
+         -> aggregate (per-layer shares) -> recursion (hops) -> Trace
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from .aggregate import span_shares, tokenwise_shares
+from .capture import capture, model_info
+from .errors import SpanError, TraceError
+from .progress import Progress
+from .recursion import recurse
+from .spans import SpanSpec, build_sequence, format_prompt
+from .trace import HopRecord, Trace
+
+METHODS = ("flashtrace", "ifr-span", "ifr-tokenwise")
+
+
+def _model_name(model: Any) -> str:
+    cfg = getattr(model, "cfg", None)
+    return str(getattr(cfg, "model_name", None) or getattr(model, "ftlens_name", None) or "unknown")
+
+
+def generate(model: Any, prompt: str, *, max_new_tokens: int = 128, chat_template: bool | None = None) -> str:
+    """Greedy generation of the model's answer text (special tokens dropped)."""
+    tok = model.tokenizer
+    formatted, special = format_prompt(tok, prompt, chat_template)
+    ids = tok(formatted, add_special_tokens=special, return_tensors="pt")["input_ids"]
+    device = next(model.parameters()).device
+    hf = model.original_model
+    with torch.no_grad():
+        out = hf.generate(
+            ids.to(device),
+            attention_mask=torch.ones_like(ids).to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        )
+    text = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    if not text.strip():
+        raise TraceError("the model generated no text for this prompt; pass target= explicitly")
+    return text
+
+
+def trace(
+    model: Any,
+    prompt: str,
+    target: str | None = None,
+    *,
+    output: SpanSpec = "auto",
+    reasoning: SpanSpec = "auto",
+    hops: int = 1,
+    method: str = "flashtrace",
+    threshold: float | None = None,
+    chat_template: bool | None = None,
+    max_new_tokens: int = 128,
+    progress: bool = False,
+) -> Trace:
+    """Attribute the output span of ``target`` to every earlier position.
+
+    ``method``: ``"flashtrace"`` (span + recursion through the reasoning span, ``hops``
+    times), ``"ifr-span"`` (one span pass, raw token scores ``r(s)``) or
+    ``"ifr-tokenwise"`` (one row per output token, scores = mean row).
+    ``threshold`` zeroes normalised per-layer shares below it (off by default).
+    With ``target=None`` the model first generates ``max_new_tokens`` greedily.
+    """
+    if method not in METHODS:
+        raise TraceError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if not isinstance(hops, int) or isinstance(hops, bool) or hops < 0:
+        raise TraceError(f"hops must be an integer >= 0, got {hops!r}")
+    if threshold is not None and not (0 <= threshold < 1):
+        raise TraceError(f"threshold must be in [0, 1), got {threshold!r}")
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    if target is None:
+        target = generate(model, prompt, max_new_tokens=max_new_tokens, chat_template=chat_template)
+        timings["generate"] = time.perf_counter() - t_start
+    seq = build_sequence(
+        model.tokenizer, prompt, target, output=output, reasoning=reasoning, chat_template=chat_template
+    )
+    info = model_info(model)
+    if info.n_ctx is not None and seq.n > int(info.n_ctx):
+        raise SpanError(
+            f"the sequence has {seq.n} tokens but the model's context is {info.n_ctx}; "
+            "shorten the prompt or the target"
+        )
+    row_start = seq.prompt_len
+    n_rows = seq.n - row_start
+    bar = Progress(enabled=progress, total=info.n_layers, desc="capture")
+    t0 = time.perf_counter()
+    states = capture(model, seq.ids, row_start, info, progress=bar.step)
+    bar.close()
+    timings["capture"] = time.perf_counter() - t0
+    row_pos = torch.arange(row_start, seq.n, device=states[0].a.device)
+
+    t0 = time.perf_counter()
+    row_scores = None
+    if method == "ifr-tokenwise":
+        rows = torch.arange(seq.output[0] - row_start, seq.output[1] - row_start, device=row_pos.device)
+        bar = Progress(enabled=progress, total=info.n_layers, desc="tokenwise")
+        tw = tokenwise_shares(states, info, row_pos, rows, threshold, progress=bar.step)
+        bar.close()
+        scores = tw.mean.scores.cpu()
+        hop_records = [_record(1.0, float(scores.sum()), 0.0, scores, tw.mean)]
+        row_scores = tw.row_scores.cpu()
+        output_mass = unresolved = 0.0
+    else:
+        k = hops if method == "flashtrace" else 0
+        bar = Progress(enabled=progress, total=info.n_layers * (k + 1), desc="attribution")
+
+        def span_fn(w: torch.Tensor):
+            return span_shares(states, info, row_pos, w.to(row_pos.device), threshold, progress=bar.step)
+
+        rec = recurse(span_fn, seq.n, row_start, seq.output, seq.reasoning, k)
+        bar.close()
+        hop_records = [
+            _record(h.weight, h.norm, h.thinking_ratio, h.contribution, h.shares) for h in rec.hops
+        ]
+        if method == "ifr-span":
+            scores = rec.hops[0].shares.scores.cpu()
+            hop_records[0].scores = scores
+            output_mass = unresolved = 0.0
+        else:
+            scores = rec.final
+            output_mass, unresolved = rec.output_mass, rec.unresolved
+    timings["attribution"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_start
+    del states
+    from . import __version__
+
+    return Trace(
+        model=_model_name(model),
+        method=method,
+        params={"hops": hops if method == "flashtrace" else 0, "threshold": threshold,
+                "chat_template": chat_template, "rows": n_rows},
+        ids=seq.ids.tolist(),
+        tokens=seq.tokens,
+        roles=seq.roles,
+        output=seq.output,
+        reasoning=seq.reasoning,
+        scores=scores,
+        hops=hop_records,
+        output_mass=output_mass,
+        unresolved=unresolved,
+        row_scores=row_scores,
+        timings=timings,
+        version=__version__,
+    )
+
+
+def _record(weight, norm, ratio, scores, shares) -> HopRecord:
+    return HopRecord(
+        weight=float(weight),
+        norm=float(norm),
+        thinking_ratio=float(ratio),
+        scores=scores.cpu().float(),
+        heads=shares.heads.cpu().float(),
+        residual=shares.residual.cpu().float(),
+        bias=shares.bias.cpu().float(),
+        mlp=shares.mlp.cpu().float(),
+    )

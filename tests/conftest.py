@@ -1,0 +1,31 @@
+"""Shared fixtures: tiny random models of three architectures, the default model."""
+
+from __future__ import annotations
+
+import pytest
+
+ARCHS = ("llama", "qwen2", "qwen3")
+
+PROMPT = "The secret code is 7351. Remember it. What is the secret code?"
+TARGET = "Let me recall the code from the text. The code was given. It is 7351."
+
+
+@pytest.fixture(scope="session", params=ARCHS)
+def tiny(request):
+    from ftlens.models import tiny_model
+
+    return tiny_model(request.param, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    from ftlens.models import tiny_model
+
+    return tiny_model("llama", n_layers=2, d_model=64, n_heads=4, n_kv_heads=2)
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    import ftlens
+
+    return ftlens.load_model()

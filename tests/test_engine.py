@@ -1,0 +1,165 @@
+"""The engine against the spec: completeness, normalisation, span facts, brute force."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ftlens
+from ftlens.aggregate import span_shares, tokenwise_shares
+from ftlens.attention import attention_rows
+from ftlens.capture import capture, model_info
+from ftlens.spans import build_sequence
+
+from . import bruteforce as bf
+from .conftest import PROMPT, TARGET
+
+
+def _setup(model, prompt=PROMPT, target=TARGET):
+    seq = build_sequence(model.tokenizer, prompt, target)
+    info = model_info(model)
+    states = capture(model, seq.ids, seq.prompt_len, info)
+    row_pos = torch.arange(seq.prompt_len, seq.n)
+    return seq, info, states, row_pos
+
+
+def test_capture_hooks_carry_resid_pre_mid_post(tiny):
+    """Our real hook names carry what the spec calls a, b, c (aliases checked numerically)."""
+    seq, info, states, _ = _setup(tiny)
+    _, cache = tiny.run_with_cache(seq.ids[None])
+    p = seq.prompt_len
+    for layer, st in enumerate(states):
+        torch.testing.assert_close(st.a, cache[f"blocks.{layer}.hook_resid_pre"][0, p:].float())
+        torch.testing.assert_close(st.b, cache[f"blocks.{layer}.hook_resid_mid"][0, p:].float())
+        torch.testing.assert_close(st.c, cache[f"blocks.{layer}.hook_resid_post"][0, p:].float())
+        # b = a + attention output, c = b + MLP output
+        attn_out = cache[f"blocks.{layer}.hook_attn_out"][0, p:].float()
+        mlp_out = cache[f"blocks.{layer}.hook_mlp_out"][0, p:].float()
+        torch.testing.assert_close(st.b, st.a + attn_out, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(st.c, st.b + mlp_out, atol=1e-5, rtol=1e-5)
+
+
+def test_recomputed_attention_equals_hook_pattern(tiny):
+    """Attention rows recomputed from captured q, k equal the bridge's hook_pattern rows."""
+    seq, info, states, row_pos = _setup(tiny)
+    _, cache = tiny.run_with_cache(seq.ids[None])
+    for layer, st in enumerate(states):
+        ours = attention_rows(st.q, st.k, row_pos, info.specs[layer])
+        theirs = cache[f"blocks.{layer}.attn.hook_pattern"][0, :, seq.prompt_len :].float()
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
+
+
+def test_completeness_b_equals_a_plus_edges_plus_bias(tiny):
+    """b[l,t] = a[l,t] + sum_{h,s} A[l,h,t,s] u[l,h,s] + beta[l] for every tracked row."""
+    from ftlens.ifr import head_writes
+
+    seq, info, states, row_pos = _setup(tiny)
+    for layer, st in enumerate(states):
+        attn = attention_rows(st.q, st.k, row_pos, info.specs[layer])  # head row src
+        u = head_writes(st.v, info.w_o[layer])  # head src d
+        edges = torch.einsum("hts,hsd->td", attn, u)
+        beta = info.b_o[layer] if info.b_o[layer] is not None else 0.0
+        gap = st.b - (st.a + edges + beta)
+        assert float(gap.abs().max()) < 1e-4, f"layer {layer}: completeness gap {gap.abs().max()}"
+
+
+def test_per_layer_shares_sum_to_one(tiny):
+    seq, info, states, row_pos = _setup(tiny)
+    w = torch.zeros(seq.n - seq.prompt_len)
+    w[seq.output[0] - seq.prompt_len : seq.output[1] - seq.prompt_len] = 1.0
+    for threshold in (None, 0.01):
+        sh = span_shares(states, info, row_pos, w, threshold)
+        total = sh.heads.sum(dim=(1, 2)) + sh.residual + sh.bias
+        torch.testing.assert_close(total, torch.ones_like(total), atol=1e-5, rtol=0)
+    tw = tokenwise_shares(states, info, row_pos, torch.arange(3))
+    total = tw.mean.heads.sum(dim=(1, 2)) + tw.mean.residual + tw.mean.bias
+    torch.testing.assert_close(total, torch.ones_like(total), atol=1e-5, rtol=0)
+
+
+def test_threshold_zeroes_small_normalised_shares(tiny_llama):
+    seq, info, states, row_pos = _setup(tiny_llama)
+    w = torch.ones(seq.n - seq.prompt_len)
+    sh = span_shares(states, info, row_pos, w, threshold=0.02)
+    nz = sh.heads[sh.heads > 0]
+    assert nz.numel() > 0
+    # every surviving share was >= theta before renormalisation, and renormalisation only grows it
+    assert float(nz.min()) >= 0.02
+
+
+def test_span_of_one_token_equals_tokenwise_row(tiny):
+    seq, info, states, row_pos = _setup(tiny)
+    n_rows = seq.n - seq.prompt_len
+    tw = tokenwise_shares(states, info, row_pos, torch.arange(n_rows))
+    for r in (0, n_rows // 2, n_rows - 1):
+        w = torch.zeros(n_rows)
+        w[r] = 1.0
+        sh = span_shares(states, info, row_pos, w)
+        torch.testing.assert_close(sh.scores, tw.row_scores[r], atol=1e-6, rtol=1e-6)
+
+
+def test_scaling_span_weights_changes_nothing(tiny):
+    seq, info, states, row_pos = _setup(tiny)
+    w = torch.rand(seq.n - seq.prompt_len, generator=torch.Generator().manual_seed(0))
+    a = span_shares(states, info, row_pos, w)
+    b = span_shares(states, info, row_pos, 7.5 * w)
+    torch.testing.assert_close(a.heads, b.heads, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(a.residual, b.residual, atol=1e-6, rtol=1e-5)
+
+
+def test_span_tokens_are_sources_too(tiny_llama):
+    tr = ftlens.trace(tiny_llama, PROMPT, TARGET, method="ifr-span")
+    o0, o1 = tr.output
+    assert float(tr.scores[o0:o1].sum()) > 0
+
+
+@pytest.mark.parametrize("method", ["ifr-span", "ifr-tokenwise", "flashtrace"])
+def test_fast_engine_matches_bruteforce_reference(tiny, method):
+    """The fast engine equals an explicit-loop reference from run_with_cache within 1e-5 (GQA)."""
+    assert tiny.cfg.n_key_value_heads < tiny.cfg.n_heads  # grouped-query attention is exercised
+    tr = ftlens.trace(tiny, PROMPT, TARGET, method=method, hops=2)
+    T = bf.cache_tensors(tiny, torch.tensor(tr.ids))
+    o0, o1 = tr.output
+    if method == "ifr-span":
+        ref = bf.token_scores(T, {t: 1.0 for t in range(o0, o1)})
+        E, R, B = bf.shares(T, {t: 1.0 for t in range(o0, o1)})
+        torch.testing.assert_close(tr.hops[0].heads.double(), E, atol=1e-5, rtol=0)
+        torch.testing.assert_close(tr.hops[0].residual.double(), R, atol=1e-5, rtol=0)
+    elif method == "ifr-tokenwise":
+        rows = [bf.token_scores(T, {t: 1.0}) for t in range(o0, o1)]
+        torch.testing.assert_close(tr.row_scores.double(), torch.stack(rows), atol=1e-5, rtol=0)
+        ref = torch.stack(rows).mean(0)
+    else:
+        ref, contribs, ratios, out_mass = bf.flashtrace(T, tr.output, tr.reasoning, hops=2)
+        for hop, c in zip(tr.hops, contribs):
+            torch.testing.assert_close(hop.scores.double(), c, atol=1e-5, rtol=0)
+        assert tr.thinking_ratios == pytest.approx(ratios, abs=1e-5)
+        assert tr.output_mass == pytest.approx(out_mass, abs=1e-5)
+    torch.testing.assert_close(tr.scores.double(), ref, atol=1e-5, rtol=0)
+
+
+def test_recursion_conserves_mass(tiny):
+    tr = ftlens.trace(tiny, PROMPT, TARGET, hops=3)
+    assert tr.reasoning is not None
+    total = float(tr.scores.sum()) + tr.unresolved + tr.output_mass
+    assert total == pytest.approx(1.0, abs=1e-5)
+    torch.testing.assert_close(sum(h.scores for h in tr.hops), tr.scores, atol=1e-6, rtol=0)
+    # per-head attribution of the whole trace sums to F
+    torch.testing.assert_close(tr.head_attribution.sum(dim=(0, 1)), tr.scores, atol=1e-5, rtol=0)
+    # mass moves from reasoning to inputs: thinking ratios shrink hop by hop
+    r = tr.thinking_ratios
+    assert all(b < a for a, b in zip(r, r[1:]))
+
+
+def test_hops_zero_equals_normalised_ifr_span(tiny):
+    ft = ftlens.trace(tiny, PROMPT, TARGET, hops=0)
+    span = ftlens.trace(tiny, PROMPT, TARGET, method="ifr-span")
+    p = span.scores / span.scores.sum()
+    p[ft.inputs_end :] = 0
+    torch.testing.assert_close(ft.scores, p, atol=1e-6, rtol=1e-5)
+
+
+def test_no_reasoning_means_no_pending_mass(tiny_llama):
+    tr = ftlens.trace(tiny_llama, PROMPT, " It is 7351.", hops=2)
+    assert tr.reasoning is None
+    assert tr.unresolved == 0.0
+    assert float(tr.scores.sum()) + tr.output_mass == pytest.approx(1.0, abs=1e-5)
