@@ -109,7 +109,13 @@ def format_prompt(tokenizer: Any, prompt: str, chat_template: bool | None) -> tu
 
 
 def _encode(tokenizer: Any, text: str, special: bool) -> tuple[list[int], list[tuple[int, int]]]:
-    enc = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
+    try:
+        enc = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
+    except (TypeError, UnicodeError, ValueError) as exc:
+        raise SpanError(
+            f"the text cannot be tokenised ({type(exc).__name__}); remove invalid unicode such as "
+            "lone surrogates"
+        ) from None
     return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
 
@@ -186,7 +192,8 @@ def _resolve(
         where = ", ".join(str(c0) for c0, _ in found[:5])
         raise SpanError(
             f"{what} span {label} occurs {len(found)} times in the target (at chars {where}); "
-            f"pick one with ftlens.Select({label}, occurrence=k), k in 0..{len(found) - 1}"
+            f"pick one with ftlens.Select({label}, occurrence=k) (CLI: --{what}-occurrence k), "
+            f"k in 0..{len(found) - 1}"
         )
     k = sel.occurrence or 0
     if not (-len(found) <= k < len(found)):
