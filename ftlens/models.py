@@ -96,7 +96,11 @@ _MODEL_SLUG = "smollm2-135m-instruct-q4_1"
 _TOKENIZER_SLUG = "smollm2"
 _MARKER = "ftlens-cache.json"
 _CACHE_FORMAT = 1  # bump to invalidate caches written by older ftlens versions
-_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+_ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
 _HUB_PROBE_TIMEOUT_S = 3.0
 
 
@@ -117,9 +121,12 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"Unknown device {device!r}: use 'cpu', 'cuda', 'cuda:1', ...") from e
+        raise ModelLoadError(f"Unknown device {device!r}: use 'cpu', 'cuda', 'cuda:1', ...") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was asked for but CUDA is not available here.")
+        raise ModelLoadError(
+            f"device={device!r} was asked for but CUDA is not available here; use device='cpu' "
+            "(CLI: --device cpu) or leave the device unset"
+        )
     return resolved
 
 
@@ -137,7 +144,7 @@ def resolve_dtype(dtype: str | torch.dtype | None = None) -> torch.dtype:
         key = dtype.lower().removeprefix("torch.")
         if key in _DTYPES:
             return _DTYPES[key]
-    raise ValueError(f"Unknown dtype {dtype!r}: use one of {sorted(_DTYPES)} or a torch.dtype.")
+    raise ModelLoadError(f"Unknown dtype {dtype!r}: use one of {sorted(_DTYPES)} or a torch.dtype.")
 
 
 # --------------------------------------------------------------------------- cache
@@ -289,7 +296,8 @@ def _convert_default_model(gguf: Path, out: Path) -> None:
     clean.generation_config = copy.deepcopy(quantised.generation_config)
     with _quiet_transformers():
         clean.save_pretrained(out, safe_serialization=True)
-    shutil.copytree(_tokenizer_dir(), out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(_MARKER))
+    tokenizer_files = shutil.ignore_patterns(_MARKER)
+    shutil.copytree(_tokenizer_dir(), out, dirs_exist_ok=True, ignore=tokenizer_files)
 
 
 def _default_model_dir() -> Path:
@@ -412,9 +420,9 @@ def _load_named(name: str, device: torch.device, dtype: torch.dtype) -> Transfor
         )
     elif not _hub_cached(name):
         if _hub_offline():
-            raise _unavailable(name, "it is not in the Hugging Face cache and HF_HUB_OFFLINE is set.")
+            raise _unavailable(name, "not in the Hugging Face cache, and HF_HUB_OFFLINE is set.")
         if not _hub_reachable():
-            raise _unavailable(name, "it is not in the Hugging Face cache and the hub is unreachable.")
+            raise _unavailable(name, "not in the Hugging Face cache, and the hub is unreachable.")
     elif not _hub_offline() and not _hub_reachable():
         offline_ctx = _forced_hub_offline()  # cached: skip the hub's retries
     try:

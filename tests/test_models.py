@@ -156,7 +156,8 @@ def test_tiny_model_is_deterministic_per_seed():
 
     a, b, c = weights(0), weights(0), weights(1)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not torch.equal(a["model.layers.0.self_attn.q_proj.weight"], c["model.layers.0.self_attn.q_proj.weight"])
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(a[q], c[q])
 
 
 def test_tiny_model_leaves_global_rng_alone():
@@ -177,16 +178,19 @@ def test_bridge_hooks_carry_the_residual_stream_and_per_kv_head_values():
     n, h, kv, d = tokens.shape[1], 4, 2, 16
     for layer in range(model.cfg.n_layers):
         p = f"blocks.{layer}."
-        resid_pre, resid_mid, resid_post = (cache[p + f"hook_resid_{s}"][0] for s in ("pre", "mid", "post"))
+        resid_pre, resid_mid, resid_post = (
+            cache[p + f"hook_resid_{s}"][0] for s in ("pre", "mid", "post")
+        )
         torch.testing.assert_close(resid_mid, resid_pre + cache[p + "hook_attn_out"][0])
         torch.testing.assert_close(resid_post, resid_mid + cache[p + "hook_mlp_out"][0])
-        pattern, v, z = cache[p + "attn.hook_pattern"][0], cache[p + "attn.hook_v"][0], cache[p + "attn.hook_z"][0]
+        pattern, v, z = (cache[p + f"attn.hook_{s}"][0] for s in ("pattern", "v", "z"))
         assert pattern.shape == (h, n, n) and v.shape == (n, kv, d) and z.shape == (n, h, d)
         z_expected = torch.einsum("hqk,khd->qhd", pattern, v.repeat_interleave(h // kv, dim=1))
         torch.testing.assert_close(z, z_expected)
         w_o = model.blocks[layer].attn.W_O
         assert w_o.shape == (h, d, model.cfg.d_model)
-        attn_out = torch.einsum("qhd,hdm->qm", z, w_o) + model.blocks[layer].attn.b_O
+        assert model.blocks[layer].attn.b_O is None  # qwen2: q/k/v biases, no o_proj bias
+        attn_out = torch.einsum("qhd,hdm->qm", z, w_o)
         torch.testing.assert_close(attn_out, cache[p + "hook_attn_out"][0], atol=1e-5, rtol=1e-5)
 
 
@@ -200,7 +204,7 @@ def test_hooks_context_manager_removes_its_hooks():
     assert seen == [torch.Size([1, tokens.shape[1], 64])]
 
 
-# --------------------------------------------------------------------------- other names, options, errors
+# --------------------------------------------------------------------------- names, options, errors
 
 
 def test_local_directory_loads_through_the_bridge(tmp_path, no_network):
@@ -214,6 +218,30 @@ def test_local_directory_loads_through_the_bridge(tmp_path, no_network):
     with torch.no_grad():
         expected = reference.to(torch.bfloat16)(tokens).logits
     torch.testing.assert_close(model(tokens), expected, atol=0.05, rtol=0.05)
+
+
+def test_cached_hub_model_loads_with_the_hub_unreachable(tmp_path, monkeypatch):
+    """Online mode, no route to the hub, model in the HF cache: loads at once, no retries."""
+    import huggingface_hub.constants
+
+    repo = tmp_path / "models--ftlens-test--tiny"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    reference = models._tiny_hf_model("llama", seed=1)
+    reference.save_pretrained(snapshot)
+    models.default_tokenizer().save_pretrained(snapshot)
+    _block_network(monkeypatch)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+
+    model = models.load_model("ftlens-test/tiny", device="cpu")
+    assert model.cfg.model_name == "ftlens-test/tiny"
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False  # forced offline only inside
+    tokens = model.to_tokens("from the cache")
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), reference(tokens).logits, atol=1e-4, rtol=0)
 
 
 def test_unknown_model_offline_raises_a_helpful_error(no_network):

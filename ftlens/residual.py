@@ -1,0 +1,380 @@
+"""Residual-stream analyses for the same target span as a trace.
+
+All three answer "what does the residual stream say about the target span
+``S = [a, b)``?"; the logit predicting token ``t`` is read at position ``t - 1``.
+
+Logit lens (:func:`logit_lens`)
+    For every layer input ``x[l]`` (``blocks.{l}.hook_in``, ``l = 0..L-1``) and the
+    final block output ``x[L]`` (``blocks.{L-1}.hook_out``)::
+
+        lens[l] = mean_{t in S} log_softmax(unembed(final_norm(x[l, t-1])))[id_t]
+
+    ``lens[L]`` is the model's own mean log-probability of the span.
+
+Direct logit attribution (:func:`direct_logit_attribution`)
+    The final residual is a sum of writes: ``x[L] = embed + sum_l (sum_h z[l,h] W_O[l,h]
+    + b_O[l] + mlp[l])``, with ``z = blocks.{l}.attn.hook_z`` (``= attn.o.hook_in``,
+    ``[batch, pos, head, d_head]``).  With the final-norm scale *frozen at its actual
+    value* ``s_t = 1 / rms(x[L, t-1])`` (the usual DLA convention: the norm is linear
+    once its scale is fixed; for a LayerNorm the centring is applied to every part and
+    its bias becomes one more part) each write ``c`` contributes
+
+        DLA(c) = sum_{t in S} s_t * (gamma * c_{t-1}) . W_U[:, id_t]
+
+    and ``embed + heads + attn biases + MLPs + unembed bias (+ norm bias)`` equals
+    the span's summed target logits exactly (up to float error; ``DLA.gap`` reports it).
+    Tied embeddings (SmolLM2) need no special case: ``W_U`` is read from the bridge's
+    unembedding, and the embedding's direct path is its own part.
+
+Component shares (:func:`component_shares`, :func:`compare_heads`)
+    Per layer, the trace's shares of the span's residual update (heads / residual /
+    bias, and the reported MLP share), and a comparison of where the heads that carry
+    attribution mass (trace) also *write the answer* directly (DLA).
+
+Every result is a small dataclass of tensors with named axes and a ``view()``
+that returns an :class:`ftlens.render.View` (renders in notebooks, offline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .capture import temporary_hooks
+from .errors import SpanError, TraceError
+
+__all__ = [
+    "LogitLens",
+    "DirectLogitAttribution",
+    "ComponentShares",
+    "HeadComparison",
+    "logit_lens",
+    "direct_logit_attribution",
+    "component_shares",
+    "compare_heads",
+]
+
+
+# ---------------------------------------------------------------------- inputs
+def _ids_and_span(trace: Any, ids: Sequence[int] | Tensor | None, span: tuple[int, int] | None):
+    if trace is not None:
+        ids = trace.ids if ids is None else ids
+        span = trace.output if span is None else span
+    if ids is None or span is None:
+        raise SpanError("pass a Trace, or ids= and span=(a, b)")
+    ids_t = torch.as_tensor(list(ids) if not isinstance(ids, Tensor) else ids, dtype=torch.long).flatten()
+    a, b = int(span[0]), int(span[1])
+    if not (1 <= a < b <= ids_t.numel()):
+        raise SpanError(f"target span {(a, b)} must satisfy 1 <= a < b <= {ids_t.numel()}")
+    return ids_t, (a, b)
+
+
+def _device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _final_norm(model: Any):
+    """``(gamma, beta, eps, centre)`` of the final norm (RMSNorm or LayerNorm)."""
+    hf = getattr(model.ln_final, "original_component", model.ln_final)
+    gamma = getattr(hf, "weight", None)
+    beta = getattr(hf, "bias", None)
+    eps = getattr(hf, "variance_epsilon", None) or getattr(hf, "eps", None) or 1e-5
+    centre = isinstance(hf, torch.nn.LayerNorm)
+    d = int(model.cfg.d_model)
+    gamma = torch.ones(d) if gamma is None else gamma.detach().float()
+    beta = None if beta is None else beta.detach().float()
+    if "gemma" in type(hf).__name__.lower():  # Gemma RMSNorm multiplies by (1 + weight)
+        gamma = gamma + 1.0
+    return gamma, beta, float(eps), centre
+
+
+def _unembed(model: Any):
+    w_u = model.unembed.W_U.detach().float()  # [d_model, vocab]
+    b_u = getattr(model.unembed, "b_U", None)
+    return w_u, (None if b_u is None else b_u.detach().float())
+
+
+def _run(model: Any, ids: Tensor, names: list[str]) -> tuple[dict[str, Tensor], Tensor]:
+    """One forward pass keeping the named activations (batch 0); returns (acts, logits)."""
+    acts: dict[str, Tensor] = {}
+
+    def keep(name: str):
+        def fn(x: Tensor, hook: Any) -> None:
+            acts[name] = x[0].detach().float()
+
+        return fn
+
+    hooks = [(n, keep(n)) for n in names]
+    with temporary_hooks(model, hooks), torch.no_grad():
+        logits = model(ids[None].to(_device(model)))
+    missing = [n for n in names if n not in acts]
+    if missing:
+        raise TraceError(f"hooks did not fire: {missing[:3]}; is this a supported decoder model?")
+    return acts, logits[0].detach().float()
+
+
+# ---------------------------------------------------------------------- logit lens
+@dataclass
+class LogitLens:
+    """Per layer, the mean log-prob of the span's tokens decoded from the residual stream.
+
+    ``logprob[layer]``: layer ``l < L`` is block ``l``'s input, ``l = L`` the final output;
+    ``token_logprob[layer, tok]`` per span token; ``tokens`` the span's token strings.
+    """
+
+    logprob: Float[Tensor, " layer"]
+    token_logprob: Float[Tensor, "layer tok"]
+    tokens: list[str]
+    span: tuple[int, int]
+
+    @property
+    def layer_labels(self) -> list[str]:
+        n = self.logprob.numel() - 1
+        return [f"L{l}" for l in range(n)] + ["final"]
+
+    def view(self):
+        from .render import logit_lens_view
+
+        return logit_lens_view(self)
+
+
+def logit_lens(
+    model: Any,
+    trace: Any = None,
+    *,
+    ids: Sequence[int] | Tensor | None = None,
+    span: tuple[int, int] | None = None,
+) -> LogitLens:
+    """Logit lens of the target span (``trace.output`` unless ``span`` is given)."""
+    ids_t, (a, b) = _ids_and_span(trace, ids, span)
+    n_layers = int(model.cfg.n_layers)
+    names = [f"blocks.{l}.hook_in" for l in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_out"]
+    acts, _ = _run(model, ids_t, names)
+    gamma, beta, eps, centre = _final_norm(model)
+    w_u, b_u = _unembed(model)
+    dev = w_u.device
+    tgt = ids_t[a:b].to(dev)
+    rows = slice(a - 1, b - 1)
+    out = []
+    for name in names:
+        x = acts[name][rows].to(dev)
+        if centre:
+            x = x - x.mean(-1, keepdim=True)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * gamma.to(dev)
+        if beta is not None:
+            x = x + beta.to(dev)
+        logits = x @ w_u + (0 if b_u is None else b_u)
+        out.append(logits.log_softmax(-1).gather(-1, tgt[:, None])[:, 0])
+    tok_lp = torch.stack(out).cpu()
+    toks = model.tokenizer.convert_ids_to_tokens(ids_t[a:b].tolist())
+    toks = [model.tokenizer.convert_tokens_to_string([t]) for t in toks]
+    return LogitLens(logprob=tok_lp.mean(-1), token_logprob=tok_lp, tokens=toks, span=(a, b))
+
+
+# ---------------------------------------------------------------------- DLA
+@dataclass
+class DirectLogitAttribution:
+    """Direct contributions to the span's summed target logits (final-norm scale frozen).
+
+    ``heads[layer, head]``, ``mlp[layer]``, ``attn_bias[layer]`` (zeros without ``b_O``),
+    ``embed``, ``unembed_bias`` (0 without ``b_U``), ``norm_bias`` (LayerNorm only);
+    ``total`` is the model's own summed target logits; ``parts_sum`` their sum.
+    """
+
+    heads: Float[Tensor, "layer head"]
+    mlp: Float[Tensor, " layer"]
+    attn_bias: Float[Tensor, " layer"]
+    embed: float
+    unembed_bias: float
+    norm_bias: float
+    total: float
+    span: tuple[int, int]
+
+    @property
+    def attn(self) -> Float[Tensor, " layer"]:
+        """Per layer, all heads plus the output bias."""
+        return self.heads.sum(-1) + self.attn_bias
+
+    @property
+    def parts_sum(self) -> float:
+        return float(
+            self.heads.sum() + self.mlp.sum() + self.attn_bias.sum()
+            + self.embed + self.unembed_bias + self.norm_bias
+        )
+
+    @property
+    def gap(self) -> float:
+        """``total - parts_sum`` (float error only; a test pins it near 0)."""
+        return self.total - self.parts_sum
+
+    def top_heads(self, k: int = 10) -> list[tuple[int, int, float]]:
+        """``(layer, head, dla)`` with the largest positive direct effect."""
+        flat = self.heads.flatten()
+        order = torch.argsort(flat, descending=True)[:k]
+        n_h = self.heads.shape[1]
+        return [(int(i) // n_h, int(i) % n_h, float(flat[i])) for i in order]
+
+    def view(self):
+        from .render import dla_view
+
+        return dla_view(self)
+
+
+def direct_logit_attribution(
+    model: Any,
+    trace: Any = None,
+    *,
+    ids: Sequence[int] | Tensor | None = None,
+    span: tuple[int, int] | None = None,
+) -> DirectLogitAttribution:
+    """DLA of every head, MLP and the embeddings to the span's summed target logits."""
+    ids_t, (a, b) = _ids_and_span(trace, ids, span)
+    n_layers = int(model.cfg.n_layers)
+    last = f"blocks.{n_layers - 1}.hook_out"
+    names = ["blocks.0.hook_in", last]
+    for l in range(n_layers):
+        names += [f"blocks.{l}.attn.hook_z", f"blocks.{l}.hook_mlp_out"]
+    acts, logits = _run(model, ids_t, names)
+    gamma, beta, eps, centre = _final_norm(model)
+    w_u, b_u = _unembed(model)
+    dev = w_u.device
+    rows = slice(a - 1, b - 1)
+    tgt: Int[Tensor, " tok"] = ids_t[a:b].to(dev)
+    x_fin = acts[last][rows].to(dev)
+    xc = x_fin - x_fin.mean(-1, keepdim=True) if centre else x_fin
+    scale = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)  # frozen [tok, 1]
+    # d[tok, d_model]: the direction each row's part is read along, scale folded in
+    direction = scale * gamma.to(dev) * w_u[:, tgt].T
+
+    def read(part: Float[Tensor, "tok d"]) -> Float[Tensor, " tok"]:
+        if centre:
+            part = part - part.mean(-1, keepdim=True)
+        return (part * direction).sum(-1)
+
+    heads, mlp, attn_bias = [], [], []
+    for l, block in enumerate(model.blocks):
+        z = acts[f"blocks.{l}.attn.hook_z"][rows].to(dev)  # [tok, head, dh]
+        w_o = block.attn.W_O.detach().float().to(dev)  # [head, dh, d]
+        per_head = torch.einsum("thk,hkd->thd", z, w_o)
+        heads.append(torch.einsum("thd,td->h", per_head, direction))
+        b_o = getattr(block.attn, "b_O", None)
+        attn_bias.append(
+            read(b_o.detach().float().to(dev).expand_as(x_fin)).sum() if b_o is not None else torch.zeros(())
+        )
+        mlp.append(read(acts[f"blocks.{l}.hook_mlp_out"][rows].to(dev)).sum())
+    embed = read(acts["blocks.0.hook_in"][rows].to(dev)).sum()
+    unembed_bias = b_u[tgt].sum() if b_u is not None else torch.zeros(())
+    norm_bias = (beta.to(dev) @ w_u[:, tgt]).sum() if beta is not None else torch.zeros(())
+    total = logits[rows].to(dev).gather(-1, tgt[:, None]).sum()
+    return DirectLogitAttribution(
+        heads=torch.stack(heads).cpu(),
+        mlp=torch.stack(mlp).cpu(),
+        attn_bias=torch.stack([t.cpu() for t in attn_bias]),
+        embed=float(embed),
+        unembed_bias=float(unembed_bias),
+        norm_bias=float(norm_bias),
+        total=float(total),
+        span=(a, b),
+    )
+
+
+# ---------------------------------------------------------------------- trace shares
+@dataclass
+class ComponentShares:
+    """Per layer, the trace's shares of the span's attention-block update (one hop).
+
+    ``heads + residual + bias = 1`` per layer (the IFR normalisation); ``mlp`` is the
+    reported MLP share ``prox(m|c) / (prox(m|c) + prox(b|c))`` (not part of that sum).
+    """
+
+    heads: Float[Tensor, " layer"]
+    residual: Float[Tensor, " layer"]
+    bias: Float[Tensor, " layer"]
+    mlp: Float[Tensor, " layer"]
+    hop: int
+
+    def view(self):
+        from .render import component_shares_view
+
+        return component_shares_view(self)
+
+
+def component_shares(trace: Any, hop: int = 0) -> ComponentShares:
+    """The trace's per-layer component shares of hop ``hop`` (0: the output span)."""
+    s = trace.layer_shares(hop)
+    return ComponentShares(heads=s["heads"], residual=s["residual"], bias=s["bias"], mlp=s["mlp"], hop=hop)
+
+
+@dataclass
+class HeadComparison:
+    """Trace attribution mass per head next to its direct logit attribution.
+
+    ``trace_mass[layer, head]``: hop ``hop``'s head shares summed over every source
+    (how much of the span's residual update each head carries); ``dla[layer, head]``;
+    ``spearman``: rank correlation over all heads; ``overlap``: fraction of the top-k
+    heads by trace mass that are also in the top-k by DLA; ``layer_attn_trace`` and
+    ``layer_attn_dla``: per layer, the attention share in the trace vs
+    ``|attn| / (|attn| + |mlp|)`` in the DLA.
+    """
+
+    trace_mass: Float[Tensor, "layer head"]
+    dla: Float[Tensor, "layer head"]
+    spearman: float
+    overlap: float
+    k: int
+    layer_attn_trace: Float[Tensor, " layer"]
+    layer_attn_dla: Float[Tensor, " layer"]
+
+    def rows(self, k: int | None = None) -> list[tuple[int, int, float, float, int]]:
+        """Top-``k`` heads by trace mass as ``(layer, head, mass, dla, dla_rank)``."""
+        k = self.k if k is None else k
+        flat_m, flat_d = self.trace_mass.flatten(), self.dla.flatten()
+        dla_rank = torch.empty_like(flat_d, dtype=torch.long)
+        dla_rank[torch.argsort(flat_d, descending=True)] = torch.arange(flat_d.numel())
+        n_h = self.trace_mass.shape[1]
+        order = torch.argsort(flat_m, descending=True)[:k]
+        return [
+            (int(i) // n_h, int(i) % n_h, float(flat_m[i]), float(flat_d[i]), int(dla_rank[i]) + 1)
+            for i in order
+        ]
+
+    def view(self):
+        from .render import comparison_view
+
+        return comparison_view(self)
+
+
+def _ranks(x: Tensor) -> Tensor:
+    r = torch.empty_like(x)
+    r[torch.argsort(x)] = torch.arange(x.numel(), dtype=x.dtype)
+    return r
+
+
+def compare_heads(trace: Any, dla: DirectLogitAttribution, *, hop: int = 0, k: int = 10) -> HeadComparison:
+    """Which heads that carry attribution mass (trace) also write the answer (DLA)."""
+    if tuple(dla.span) != tuple(trace.output) and hop == 0:
+        raise SpanError(f"DLA span {dla.span} differs from the trace's output span {trace.output}")
+    mass = trace.hops[hop].heads.sum(-1).float()
+    if mass.shape != dla.heads.shape:
+        raise TraceError(f"trace heads {tuple(mass.shape)} and DLA heads {tuple(dla.heads.shape)} differ")
+    rm, rd = _ranks(mass.flatten()), _ranks(dla.heads.flatten())
+    rm, rd = rm - rm.mean(), rd - rd.mean()
+    spearman = float((rm * rd).sum() / (rm.norm() * rd.norm()).clamp_min(1e-12))
+    k = min(k, mass.numel())
+    top_m = set(torch.argsort(mass.flatten(), descending=True)[:k].tolist())
+    top_d = set(torch.argsort(dla.heads.flatten(), descending=True)[:k].tolist())
+    attn_abs, mlp_abs = dla.attn.abs(), dla.mlp.abs()
+    shares = trace.layer_shares(hop)
+    return HeadComparison(
+        trace_mass=mass,
+        dla=dla.heads.clone(),
+        spearman=spearman,
+        overlap=len(top_m & top_d) / max(k, 1),
+        k=k,
+        layer_attn_trace=shares["heads"].float(),
+        layer_attn_dla=attn_abs / (attn_abs + mlp_abs).clamp_min(1e-12),
+    )

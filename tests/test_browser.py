@@ -1,0 +1,95 @@
+"""The exported page renders in a real browser with networking disabled.
+
+Uses Debian's ``chromium`` (``make setup`` installs it when missing; nothing is
+installed at test time).  Select with ``pytest -m browser``; skipped with a reason
+when no chromium binary is on PATH.  The screenshot is kept as a test artefact in
+``results/test-artifacts/browser_trace.png``.
+"""
+
+from __future__ import annotations
+
+import html as htmllib
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import ftlens
+from ftlens import render
+from ftlens.examples import NEEDLE_PROMPT, NEEDLE_TARGET
+
+pytestmark = pytest.mark.browser
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "results" / "test-artifacts"
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
+
+
+def chromium(page: Path, profile: Path, *extra: str) -> subprocess.CompletedProcess:
+    """Headless chromium on ``file://page`` with every network route blocked."""
+    cmd = [
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--disable-dev-shm-usage",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--disable-default-apps", "--disable-extensions", "--no-first-run", "--no-default-browser-check",
+        "--metrics-recording-only", f"--user-data-dir={profile}",
+        "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--virtual-time-budget=10000", "--window-size=1200,2600", *extra, page.as_uri(),
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+
+
+def _rendered_tokens(dom: str) -> dict[str, list[list[str]]]:
+    """Per CircuitsVis container (by id): token texts of each rendered ``.colored-tokens`` block."""
+    body = re.sub(r"<script\b.*?</script>", "", dom, flags=re.S)  # only what React built counts
+    out: dict[str, list[list[str]]] = {}
+    pieces = re.split(r'(?=<div id="ft(?:cv|grid)-[0-9a-f]+(?:-out)?")', body)
+    for piece in pieces:
+        m = re.match(r'<div id="(ft(?:cv|grid)-[0-9a-f]+(?:-out)?)"', piece)
+        if not m:
+            continue
+        blocks = piece.split('class="colored-tokens"')[1:]
+        out[m.group(1)] = [
+            [htmllib.unescape(t).replace("\xa0", " ")
+             for t in re.findall(r'<span style="display: inline-block;[^"]*">(.*?)</span>', b, flags=re.S)]
+            for b in blocks
+        ]
+    return out
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium not installed (make setup installs it)")
+def test_exported_page_renders_offline_in_headless_chromium(tiny_llama, tmp_path):
+    tr = ftlens.trace(tiny_llama, NEEDLE_PROMPT, NEEDLE_TARGET, hops=2)
+    page = render.write_html(tr, tmp_path / "trace.html")
+    source = page.read_text(encoding="utf-8")
+    assert "unpkg.com" not in source
+
+    dom = chromium(page, tmp_path / "profile-dom", "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    rendered = _rendered_tokens(dom.stdout)
+
+    expected = [t.replace("\n", "↵") if t.strip() == "" or "\n" in t else t for t in tr.tokens]
+    heatmap_ids = re.findall(r'<div id="(ftcv-[0-9a-f]+)" class="ft-cv" data-component="ColoredTokens"', source)
+    assert heatmap_ids, "no heatmap containers in the page"
+    heatmap = [tok for i in heatmap_ids for block in rendered.get(i, []) for tok in block]
+    assert heatmap == expected, "the token heatmap did not render every token (React did not run?)"
+
+    multi_ids = re.findall(r'<div id="(ftcv-[0-9a-f]+)" class="ft-cv" data-component="ColoredTokensMulti"', source)
+    assert len(multi_ids) == 2  # per-hop channels and top-k head channels
+    a = tr.prompt_positions[0]
+    for i in multi_ids:
+        assert rendered.get(i) and rendered[i][0][: 5] == expected[a : a + 5]
+
+    grid_out = [k for k in rendered if k.endswith("-out")]
+    assert grid_out and rendered[grid_out[0]], "selecting a head in the grid did not render its heatmap"
+    assert rendered[grid_out[0]][0] == expected[a : tr.inputs_end]
+    assert 'class="ft-sel"' in dom.stdout or "ft-sel" in dom.stdout
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "browser_trace.png"
+    shot.unlink(missing_ok=True)
+    res = chromium(page, tmp_path / "profile-shot", f"--screenshot={shot}")
+    assert res.returncode == 0 and shot.exists(), res.stderr[-2000:]
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000

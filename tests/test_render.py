@@ -1,0 +1,153 @@
+"""Views: offline by construction, the CircuitsVis bundle once per page, atomic standalone files."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import socket
+
+import pytest
+import torch
+
+import ftlens
+from ftlens import render
+from ftlens.examples import NEEDLE_PROMPT, NEEDLE_TARGET
+
+BUNDLE_MARK = "var CircuitsVis="
+
+
+@pytest.fixture(scope="module")
+def trace(tiny_llama):
+    return ftlens.trace(tiny_llama, NEEDLE_PROMPT, NEEDLE_TARGET, hops=2)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a socket connection fails the test."""
+    attempts = []
+
+    def refuse(self, *args, **kwargs):
+        attempts.append(args)
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: refuse(None, *a))
+    return attempts
+
+
+def _render_calls(html: str) -> list[str]:
+    return re.findall(r"CircuitsVis\.render\(\"(ftcv-[0-9a-f]+)\", CircuitsVis\.(\w+),", html)
+
+
+def test_write_html_inlines_the_bundle_once_and_never_points_at_a_cdn(trace, tmp_path, no_network):
+    path = render.write_html(trace, tmp_path / "sub" / "t.html")
+    assert path == tmp_path / "sub" / "t.html"
+    html = path.read_text(encoding="utf-8")
+    calls = _render_calls(html)
+    assert len(calls) >= 5  # heatmap runs, hop channels, head channels
+    assert html.count(BUNDLE_MARK) == 1
+    assert html.index(BUNDLE_MARK) < html.index(calls[0][0])
+    assert "unpkg.com" not in html and "google.com" not in html
+    assert not no_network
+    assert [p.name for p in path.parent.iterdir()] == ["t.html"]  # atomic: no temp file left
+
+
+def test_every_render_call_targets_a_div_placed_before_it(trace):
+    html = render.trace_page(trace).html()
+    for uid, comp in _render_calls(html):
+        div = html.index(f'<div id="{uid}" class="ft-cv" data-component="{comp}">')
+        assert div < html.index(f'CircuitsVis.render("{uid}"')
+
+
+def test_trace_to_html_delegates_to_write_html(trace, tmp_path):
+    p = trace.to_html(tmp_path / "x.html")
+    assert p.exists() and p.read_text(encoding="utf-8").count(BUNDLE_MARK) == 1
+
+
+def test_notebook_repr_is_inline_by_default_and_cdn_only_when_asked(trace, no_network):
+    view = render.token_heatmap(trace)
+    assert BUNDLE_MARK in view._repr_html_()
+    try:
+        render.set_inline(False)
+        cdn = view._repr_html_()
+    finally:
+        render.set_inline(True)
+    assert BUNDLE_MARK not in cdn and "unpkg.com/circuitsvis@" in cdn
+    assert not no_network
+
+
+def test_heatmap_has_one_colored_tokens_per_role_run_covering_the_sequence(trace):
+    view = render.token_heatmap(trace)
+    comps = [p for p in view.parts if p.component is not None]
+    assert all(p.component == "ColoredTokens" for p in comps)
+    tokens = [t for p in comps for t in p.props["tokens"]]
+    assert tokens == render._display_tokens(trace.tokens)
+    runs = render._runs(trace.roles)
+    assert len(comps) == len(runs)
+    for p, (role, a, b) in zip(comps, runs):
+        assert f"ft-run-{role}" in p.html
+        torch.testing.assert_close(p.props["values"], trace.scores[a:b].float())
+    # one colour scale for every run
+    assert len({(p.props["minValue"], p.props["maxValue"]) for p in comps}) == 1
+
+
+def test_hop_and_head_channels_match_the_trace(trace):
+    hop = [p for p in render.hop_channels(trace).parts if p.component][0]
+    assert hop.component == "ColoredTokensMulti"
+    assert hop.props["labels"] == [f"hop {k}" for k in range(len(trace.hops))] + ["final"]
+    a = trace.prompt_positions[0]
+    torch.testing.assert_close(hop.props["values"][:, -1], trace.scores[a : trace.output[1]])
+    heads = [p for p in render.head_channels(trace, k=3).parts if p.component][0]
+    top = trace.top_heads(3)
+    assert heads.props["labels"] == [f"L{h.layer}H{h.head}" for h in top]
+    torch.testing.assert_close(
+        heads.props["values"][:, 0], trace.head_attribution[top[0].layer, top[0].head, a : trace.inputs_end]
+    )
+
+
+def test_head_grid_carries_every_heads_values_and_one_cell_per_head(trace):
+    html = render.head_grid(trace).html()
+    assert html.count("<td data-l=") == trace.n_layers * trace.n_heads
+    data = json.loads(re.search(r"var D=(\{.*?\});\n", html).group(1))
+    assert len(data["values"]) == trace.n_layers and len(data["values"][0]) == trace.n_heads
+    a = trace.prompt_positions[0]
+    expect = trace.head_attribution[1, 2, a : trace.inputs_end]
+    torch.testing.assert_close(torch.tensor(data["values"][1][2]), expect, atol=1e-4, rtol=0)
+
+
+def test_recursion_flow_reports_conserved_mass(trace):
+    html = render.recursion_flow(trace).html()
+    for r in trace.thinking_ratios:
+        assert f"{r:.3f}" in html
+    total = float(trace.scores.sum()) + trace.output_mass + trace.unresolved
+    assert total == pytest.approx(1.0, abs=1e-4)
+    assert f"{trace.unresolved:.3f}" in html
+
+
+def test_tokens_cannot_break_out_of_script_or_markup(trace, tmp_path):
+    evil = copy.deepcopy(trace)
+    p = evil.prompt_positions[3]
+    evil.tokens[p] = "</script><b id=pwn>x</b><!--"
+    html = render.write_html(evil, tmp_path / "evil.html").read_text(encoding="utf-8")
+    assert "</script><b id=pwn>" not in html
+    assert "<\\/script><b id=pwn>" in html  # inside JSON strings only
+    in_bundle = render.bundle_js().count("<script")  # a literal "<script><\\/script>" in React
+    assert html.count("<script") - in_bundle == html.count("</script>")
+    outside = re.sub(r"<script>.*?</script>", "", html, flags=re.S)
+    assert "<b id=pwn>" not in outside
+
+
+def test_a_saved_and_loaded_trace_renders_the_same_views(trace, tmp_path):
+    loaded = ftlens.Trace.load(trace.save(tmp_path / "t.json"))
+    a = render.trace_page(trace).html()
+    b = render.trace_page(loaded).html()
+    strip = lambda s: re.sub(r"ft(cv|grid)-[0-9a-f]+", "ID", s)  # noqa: E731
+    assert strip(a) == strip(b)
+
+
+def test_ifr_span_trace_page_has_no_recursion_section(tiny_llama, tmp_path):
+    tr = ftlens.trace(tiny_llama, NEEDLE_PROMPT, NEEDLE_TARGET, method="ifr-span")
+    html = render.write_html(tr, tmp_path / "s.html").read_text(encoding="utf-8")
+    assert "Recursion:" not in html and html.count(BUNDLE_MARK) == 1
