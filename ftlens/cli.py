@@ -1,17 +1,213 @@
-"""The ``ftlens`` command line.
+"""The ``ftlens`` command line: ``trace``, ``show``, ``batch`` and ``demo``.
 
-Exit codes: 0 ok, 1 failure (an ftlens error: bad input, missing model, bad file),
-2 usage error (argparse).
+Exit codes: 0 ok, 1 failure (an ftlens error: bad input, missing model, bad file;
+printed as one line ``ftlens: error: ...``), 2 usage error (argparse), 130 interrupted.
+
+Text arguments (``--prompt``, ``--target``) take ``TEXT`` or ``@FILE`` (UTF-8 file
+contents; ``@@text`` is the literal ``@text``).  Span arguments (``--output``,
+``--reasoning``) take, relative to the target:
+
+- ``auto``: the documented automatic rule (see :mod:`ftlens.spans`);
+- ``A:B``: target-token indices, 0-based and half-open like a Python slice, the
+  same ``(a, b)`` as the Python API (``0:3`` = the first three target tokens);
+- ``re:REGEX``: the match of a Python regular expression;
+- ``text:TEXT`` or any other ``TEXT``: a literal substring (``text:`` forces a
+  literal, e.g. ``text:3:4`` or ``text:auto``);
+- ``none`` (``--reasoning`` only): no reasoning span.
+
+A substring or regex that occurs several times is refused unless ``--output-occurrence K``
+/ ``--reasoning-occurrence K`` (0-based) picks one.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from .errors import FtlensError
+from .errors import FtlensError, SpanError, TraceError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+_RANGE = re.compile(r"\s*(-?\d+)\s*:\s*(-?\d+)\s*")
+
+
+# --------------------------------------------------------------------------- argument values
+
+
+def read_text_arg(value: str, flag: str) -> str:
+    """``TEXT`` as is, ``@FILE`` as the UTF-8 contents of FILE, ``@@TEXT`` as ``@TEXT``."""
+    if value.startswith("@@"):
+        return value[1:]
+    if not value.startswith("@"):
+        return value
+    path = Path(value[1:]).expanduser()
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpanError(
+            f"{flag} file {str(path)!r} does not exist; check the path (write @@TEXT for a literal text starting with @)"
+        ) from None
+    except IsADirectoryError:
+        raise SpanError(f"{flag} file {str(path)!r} is a folder; pass @FILE with a text file") from None
+    except UnicodeDecodeError as exc:
+        raise SpanError(
+            f"{flag} file {str(path)!r} is not UTF-8 text (bad byte at offset {exc.start}); re-save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise SpanError(f"cannot read {flag} file {str(path)!r}: {exc.strerror}") from None
+
+
+def parse_span(value: Any, flag: str, occurrence: int | None = None, allow_none: bool = False) -> Any:
+    """A CLI / batch span value as an argument of :func:`ftlens.trace` (see the module doc)."""
+    from .spans import Select
+
+    if value is None and allow_none:
+        return None
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+        value = f"{value[0]}:{value[1]}"
+    if not isinstance(value, str):
+        raise SpanError(f"{flag} must be a string (auto, A:B, re:REGEX or a substring) or [a, b]; got {value!r:.60}")
+    if value == "auto":
+        if occurrence is not None:
+            raise SpanError(f"{flag}-occurrence needs a substring or re:REGEX span, not auto")
+        return "auto"
+    if value == "none" and allow_none:
+        return None
+    if value.startswith("re:"):
+        pattern = value[3:]
+        if not pattern:
+            raise SpanError(f"{flag} re: needs a regular expression after the prefix, e.g. re:[0-9]+")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise SpanError(f"{flag} regex {pattern!r} does not compile ({exc}); fix the pattern") from None
+        return Select(regex=pattern, occurrence=occurrence)
+    if value.startswith("text:"):
+        return Select(text=value[5:], occurrence=occurrence)
+    if ":" in value and re.fullmatch(r"[\s\d:+-]*", value):
+        m = _RANGE.fullmatch(value)
+        if m is None:
+            raise SpanError(
+                f"{flag} {value!r} is not a token range; write A:B with two integers, e.g. 0:5 "
+                f"(target tokens, half-open), or text:{value} for a literal"
+            )
+        if occurrence is not None:
+            raise SpanError(f"{flag}-occurrence needs a substring or re:REGEX span, not a token range")
+        return Select(tokens=(int(m.group(1)), int(m.group(2))))
+    return Select(text=value, occurrence=occurrence)
+
+
+def _check_trace_options(method: str, hops: int, threshold: float | None = None) -> None:
+    """The checks :func:`ftlens.trace` makes, done before the model loads."""
+    from .tracing import METHODS
+
+    if threshold is not None and not (0 <= threshold < 1):
+        raise TraceError(f"threshold must be in [0, 1), got {threshold}; e.g. --threshold 0.01")
+
+    if method not in METHODS:
+        raise TraceError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if hops < 0:
+        raise TraceError(f"hops must be an integer >= 0, got {hops}; use --hops 0 for no recursion")
+
+
+def _check_prompt(prompt: str) -> None:
+    if not prompt.strip():
+        raise SpanError("the prompt is empty; pass the question or instruction text with --prompt TEXT or @FILE")
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    v = _nonneg_int(text)
+    if v == 0:
+        raise argparse.ArgumentTypeError("expected an integer >= 1, got 0")
+    return v
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``i/n`` with ``0 <= i < n``: this run does input lines ``L`` with ``(L - 1) % n == i``."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if m is None or not (0 <= int(m.group(1)) < int(m.group(2))):
+        raise argparse.ArgumentTypeError(f"--shard wants i/n with 0 <= i < n (e.g. 0/4), got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _load(args: argparse.Namespace):
+    import ftlens
+
+    return ftlens.load_model(args.model, device=args.device, dtype=args.dtype)
+
+
+def _write_html(tr, path: str) -> Path:
+    try:
+        from .render import write_html
+    except ImportError:
+        raise FtlensError("HTML export needs ftlens.render, which this install lacks; use --json and `ftlens show`") from None
+    return write_html(tr, path)
+
+
+def _cmd_trace(args: argparse.Namespace) -> int:
+    import ftlens
+
+    prompt = read_text_arg(args.prompt, "--prompt")
+    _check_prompt(prompt)
+    target = read_text_arg(args.target, "--target") if args.target is not None else None
+    output = parse_span(args.output, "--output", args.output_occurrence)
+    reasoning = parse_span(args.reasoning, "--reasoning", args.reasoning_occurrence, allow_none=True)
+    _check_trace_options(args.method, args.hops, args.threshold)
+    chat_template = False if args.no_chat_template else None
+    model = _load(args)
+    if target is None:
+        target = ftlens.generate(model, prompt, max_new_tokens=args.max_new_tokens, chat_template=chat_template)
+        print(f"generated target: {target!r}")
+    tr = ftlens.trace(
+        model,
+        prompt,
+        target,
+        output=output,
+        reasoning=reasoning,
+        hops=args.hops,
+        method=args.method,
+        threshold=args.threshold,
+        chat_template=chat_template,
+        progress=not args.no_progress,
+    )
+    print(tr.summary(args.top))
+    if args.json:
+        print(f"wrote {tr.save(args.json)}")
+    if args.html:
+        print(f"wrote {_write_html(tr, args.html)}")
+    return EXIT_OK
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from .trace import Trace
+
+    tr = Trace.load(args.trace)
+    print(tr.summary(args.top))
+    if args.html:
+        print(f"wrote {_write_html(tr, args.html)}")
+    return EXIT_OK
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from .batch import run_cli
+
+    return run_cli(args)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -19,7 +215,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from .examples import NEEDLE_PROMPT, NEEDLE_TARGET
 
-    model = ftlens.load_model(args.model, device=args.device, dtype=args.dtype)
+    _check_trace_options("flashtrace", args.hops)
+    model = _load(args)
     tr = ftlens.trace(model, NEEDLE_PROMPT, NEEDLE_TARGET, hops=args.hops, progress=not args.no_progress)
     print(tr.summary(args.top))
     out = Path(args.out)
@@ -28,46 +225,163 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     try:
         from .render import write_html
     except ImportError:
-        return 0
-    html_path = write_html(tr, out / "demo_trace.html")
-    print(f"wrote {html_path}")
+        write_html = None
+    if write_html is not None:
+        print(f"wrote {write_html(tr, out / 'demo_trace.html')}")
     t = tr.timings
     print(f"time: capture {t['capture']:.2f}s, attribution {t['attribution']:.2f}s, total {t['total']:.2f}s")
-    return 0
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- parser
+
+_EXIT_CODES = "exit codes: 0 ok, 1 failure (one line 'ftlens: error: ...'), 2 usage error, 130 interrupted."
+
+_SPAN_HELP = (
+    "span syntax (relative to the target): auto | A:B (target tokens, 0-based, half-open, like the "
+    "Python API's (a, b)) | re:REGEX | text:TEXT or TEXT (literal substring). A substring or regex "
+    "found several times needs --output-occurrence K (0-based)"
+)
+
+_TRACE_EPILOG = f"""\
+{_SPAN_HELP}; --reasoning also takes none.
+--prompt/--target take TEXT or @FILE (UTF-8; @@TEXT = literal @TEXT).
+
+examples:
+  ftlens trace --prompt "The code is 4817. What is the code?" --target " The code is 4817."
+  ftlens trace --prompt @question.txt --target @answer.txt --output re:[0-9]+ --hops 2 --json tr.json
+  ftlens trace --prompt "Name a prime." --max-new-tokens 20          # generate, then trace
+  ftlens trace --prompt @q.txt --target @a.txt --output 10:14 --reasoning 0:9 --method ifr-span
+
+{_EXIT_CODES}"""
+
+_SHOW_EPILOG = f"""\
+examples:
+  ftlens show trace.json --top 5
+  ftlens show trace.json --html trace.html
+
+{_EXIT_CODES}"""
+
+_BATCH_EPILOG = f"""\
+INPUT.jsonl: one JSON object per line: {{"prompt": ...}} required; optional "target" (omit or null to
+generate), "output" and "reasoning" (CLI span syntax, or [a, b]; "reasoning": null = none), "id"
+(names the output file; default line-NNNNNN). Other fields are ignored. Blank lines are skipped.
+Output: DIR/<id>.json per record and DIR/index.jsonl (DIR/index.shard-I-of-N.jsonl with --shard).
+Bad lines and failed records are reported with their line numbers at the end; the rest still runs.
+
+examples:
+  ftlens batch prompts.jsonl --out runs/sweep
+  ftlens batch prompts.jsonl --out runs/sweep --resume               # after a crash or Ctrl-C
+  ftlens batch prompts.jsonl --out runs/sweep --shard 3/8 --resume   # job 3 of 8 (any launcher)
+
+{_EXIT_CODES} Exit 1 if any line was bad or any record failed."""
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None, help="HF name or local checkpoint folder (default: bundled SmolLM2-135M-Instruct, offline)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
+    g.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+
+
+def _method_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("attribution")
+    g.add_argument("--method", default="flashtrace", help="flashtrace (default), ifr-span or ifr-tokenwise")
+    g.add_argument("--hops", type=int, default=1, help="recursion hops through the reasoning span (flashtrace; default 1)")
+    g.add_argument("--threshold", type=float, default=None, help="zero normalised per-layer shares below this, in [0, 1)")
+    g.add_argument("--max-new-tokens", type=_positive_int, default=128, help="tokens to generate when there is no target (default 128)")
+    g.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text, without the chat template")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="ftlens",
         description="FlashTrace attribution on TransformerLens: which prompt tokens, through which "
         "layers and heads, produced a span of the model's output.",
-        epilog="Exit codes: 0 ok, 1 failure (bad input, missing model, bad file), 2 usage error.",
+        epilog="commands: trace (one prompt), show (a saved trace), batch (a JSONL file), demo.\n"
+        "run `ftlens COMMAND --help` for examples.\n" + _EXIT_CODES,
+        formatter_class=fmt,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    tr = sub.add_parser(
+        "trace", help="attribute one output span to the prompt; print top tokens and heads",
+        description="Trace one prompt (and target, or generate one): print the top prompt tokens and heads.",
+        epilog=_TRACE_EPILOG, formatter_class=fmt,
+    )
+    tr.add_argument("--prompt", required=True, metavar="TEXT|@FILE", help="the user prompt")
+    tr.add_argument("--target", default=None, metavar="TEXT|@FILE", help="the model's answer to attribute (default: generate it)")
+    tr.add_argument("--output", default="auto", metavar="SPAN", help="output span of the target (default auto)")
+    tr.add_argument("--reasoning", default="auto", metavar="SPAN", help="reasoning span of the target, or none (default auto)")
+    tr.add_argument("--output-occurrence", type=_nonneg_int, default=None, metavar="K", help="which match of a repeated --output substring/regex (0-based)")
+    tr.add_argument("--reasoning-occurrence", type=_nonneg_int, default=None, metavar="K", help="which match of a repeated --reasoning substring/regex")
+    tr.add_argument("--json", default=None, metavar="OUT", help="save the trace as JSON (OUT.json.gz: gzip)")
+    tr.add_argument("--html", default=None, metavar="OUT", help="save a standalone HTML view")
+    tr.add_argument("--top", type=_nonneg_int, default=10, metavar="K", help="rows in the printed tables (default 10)")
+    _model_options(tr)
+    _method_options(tr)
+    tr.set_defaults(func=_cmd_trace)
+
+    sh = sub.add_parser(
+        "show", help="print (and render) a saved trace; no model needed",
+        description="Print the summary of a saved trace, optionally write its HTML view; no model is loaded.",
+        epilog=_SHOW_EPILOG, formatter_class=fmt,
+    )
+    sh.add_argument("trace", metavar="TRACE.json", help="a file written by `ftlens trace --json` or Trace.save")
+    sh.add_argument("--html", default=None, metavar="OUT", help="write a standalone HTML view")
+    sh.add_argument("--top", type=_nonneg_int, default=10, metavar="K", help="rows in the printed tables (default 10)")
+    sh.set_defaults(func=_cmd_show)
+
+    ba = sub.add_parser(
+        "batch", help="trace every record of a JSONL file; resumable and shardable",
+        description="Trace every record of INPUT.jsonl into DIR: one JSON trace per record plus an index.",
+        epilog=_BATCH_EPILOG, formatter_class=fmt,
+    )
+    ba.add_argument("input", metavar="INPUT.jsonl", help="one JSON object per line")
+    ba.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    ba.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="I/N", help="do only lines L with (L-1) %% N == I (0 <= I < N)")
+    ba.add_argument("--resume", action="store_true", help="keep records whose output exists and loads; do the rest")
+    _model_options(ba)
+    _method_options(ba)
+    ba.set_defaults(func=_cmd_batch)
+
     demo = sub.add_parser(
-        "demo",
-        help="trace the built-in needle example (with a reasoning chain) on the default model",
-        epilog="example: ftlens demo --out results/demo --hops 2",
+        "demo", help="trace the built-in needle example (with a reasoning chain) on the default model",
+        epilog="example: ftlens demo --out results/demo --hops 2\n\n" + _EXIT_CODES, formatter_class=fmt,
     )
     demo.add_argument("--out", default="results/demo", help="folder for demo_trace.json/.html")
-    demo.add_argument("--model", default=None, help="HF name or local path (default: SmolLM2-135M-Instruct)")
-    demo.add_argument("--device", default=None)
-    demo.add_argument("--dtype", default=None)
+    _model_options(demo)
     demo.add_argument("--hops", type=int, default=1)
-    demo.add_argument("--top", type=int, default=10)
+    demo.add_argument("--top", type=_nonneg_int, default=10)
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2)
+        return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
     try:
         return int(args.func(args))
     except FtlensError as exc:
-        print(f"ftlens: error: {exc}", file=sys.stderr)
-        return 1
+        print(f"ftlens: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:  # e.g. --json into a read-only folder
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"ftlens: error: cannot write or read{where}: {exc.strerror or exc}; check the path and permissions", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("ftlens: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -164,6 +164,11 @@ def _chars_to_tokens(chars: tuple[int, int], offsets: list[tuple[int, int]], bas
     """Target-token range ``[a, b)`` whose char offsets overlap ``chars`` (target-relative)."""
     c0, c1 = chars[0] + base, chars[1] + base
     hit = [i for i, (s, e) in enumerate(offsets) if s < c1 and e > c0]
+    if not hit:  # the tokenizer's offsets can be wrong around characters it cannot map
+        raise SpanError(
+            "the tokenizer's character offsets do not cover this span (unusual unicode nearby?); "
+            "select the span by target-token range instead: (a, b), CLI A:B"
+        )
     return hit[0], hit[-1] + 1
 
 
@@ -187,7 +192,10 @@ def _resolve(
     found = _find_all(target, sel)
     label = repr(sel.text if sel.text is not None else sel.regex)
     if not found:
-        raise SpanError(f"{what} span {label} was not found in the target text")
+        raise SpanError(
+            f"{what} span {label} was not found in the target text; pass text that occurs in the "
+            "target (case and whitespace count)"
+        )
     if sel.occurrence is None and len(found) > 1:
         where = ", ".join(str(c0) for c0, _ in found[:5])
         raise SpanError(

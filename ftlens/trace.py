@@ -9,20 +9,29 @@ and saves/loads itself as versioned JSON (exact float32 round trip).
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
+import math
 import os
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from .errors import SchemaError
 
+#: Version of the JSON layout written by :meth:`Trace.save`; readers refuse newer ones.
 SCHEMA_VERSION = 1
+#: The ``format`` field of every saved trace.
+FORMAT_NAME = "ftlens.trace"
+#: Roles a position can have (same as :data:`ftlens.spans.ROLES`).
+ROLES = ("template", "prompt", "reasoning", "output", "other")
 
 
 @dataclass
@@ -204,8 +213,15 @@ class Trace:
         return write_html(self, path)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (tensors as nested lists of float32 values)."""
+        """A JSON-ready dict; tensors become nested lists of float32 values.
+
+        Each value is the float32 number written with the fewest decimal digits that
+        read back to the same float32 (``0.012345679``, not ``0.012345678918361664``),
+        so a JSON round trip is exact and the file ~40% smaller.  Layout: see
+        ``docs/cli.md`` (file format).
+        """
         return {
+            "format": FORMAT_NAME,
             "schema_version": SCHEMA_VERSION,
             "ftlens_version": self.version,
             "model": self.model,
@@ -240,10 +256,12 @@ class Trace:
     def from_dict(cls, d: dict[str, Any]) -> "Trace":
         """Rebuild a Trace; raises :class:`SchemaError` on an unknown schema or bad content."""
         if not isinstance(d, dict) or "schema_version" not in d:
-            raise SchemaError("not an ftlens trace: no schema_version field")
+            raise SchemaError("not an ftlens trace (no schema_version field); pass a JSON file written by ftlens")
+        if d.get("format", FORMAT_NAME) != FORMAT_NAME:
+            raise SchemaError(f"not an ftlens trace (format {d.get('format')!r}); pass a JSON file written by ftlens")
         ver = d["schema_version"]
-        if not isinstance(ver, int) or ver < 1:
-            raise SchemaError(f"bad schema_version {ver!r}; expected an integer >= 1")
+        if not isinstance(ver, int) or isinstance(ver, bool) or ver < 1:
+            raise SchemaError(f"bad schema_version {ver!r} (expected an integer >= 1); is this an ftlens trace?")
         if ver > SCHEMA_VERSION:
             raise SchemaError(
                 f"trace schema_version {ver} is newer than this ftlens understands ({SCHEMA_VERSION}); "
@@ -252,80 +270,126 @@ class Trace:
         try:
             hops = [
                 HopRecord(
-                    weight=float(h["weight"]),
-                    norm=float(h["norm"]),
-                    thinking_ratio=float(h["thinking_ratio"]),
+                    weight=_float(h["weight"]),
+                    norm=_float(h["norm"]),
+                    thinking_ratio=_float(h["thinking_ratio"]),
                     scores=_tensor(h["scores"], 1),
                     heads=_tensor(h["heads"], 3),
                     residual=_tensor(h["residual"], 1),
                     bias=_tensor(h["bias"], 1),
                     mlp=_tensor(h["mlp"], 1),
                 )
-                for h in d["hops"]
+                for h in _list(d["hops"])
             ]
-            n = len(d["tokens"])
             trace = cls(
-                model=str(d["model"]),
-                method=str(d["method"]),
-                params=dict(d["params"]),
-                ids=[int(i) for i in d["ids"]],
-                tokens=[str(t) for t in d["tokens"]],
-                roles=[str(r) for r in d["roles"]],
+                model=_str(d["model"]),
+                method=_str(d["method"]),
+                params=dict(_dict(d["params"])),
+                ids=[_int(i) for i in _list(d["ids"])],
+                tokens=[_str(t) for t in _list(d["tokens"])],
+                roles=[_str(r) for r in _list(d["roles"])],
                 output=_pair(d["output"]),
                 reasoning=_pair(d["reasoning"]) if d["reasoning"] is not None else None,
                 scores=_tensor(d["scores"], 1),
                 hops=hops,
-                output_mass=float(d["output_mass"]),
-                unresolved=float(d["unresolved"]),
+                output_mass=_float(d["output_mass"]),
+                unresolved=_float(d["unresolved"]),
                 row_scores=_tensor(d["row_scores"], 2) if d.get("row_scores") is not None else None,
-                timings={str(k): float(v) for k, v in dict(d.get("timings", {})).items()},
-                version=str(d.get("ftlens_version", "")),
+                timings={_str(k): _float(v) for k, v in _dict(d.get("timings", {})).items()},
+                version=_str(d.get("ftlens_version", "")),
             )
         except SchemaError:
             raise
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-            raise SchemaError(f"corrupt ftlens trace: {type(exc).__name__}: {exc}") from None
-        if not hops or len(trace.roles) != n or len(trace.ids) != n or trace.scores.numel() != n:
-            raise SchemaError("corrupt ftlens trace: tokens, roles, ids and scores differ in length")
-        if any(h.heads.ndim != 3 or h.heads.shape[-1] != n or h.scores.numel() != n for h in hops):
-            raise SchemaError("corrupt ftlens trace: hop tensors do not match the number of tokens")
-        if not (0 <= trace.output[0] < trace.output[1] <= n):
-            raise SchemaError("corrupt ftlens trace: output span out of range")
+        except KeyError as exc:
+            raise SchemaError(f"corrupt ftlens trace: field {exc} is missing; re-create the file with ftlens") from None
+        except (TypeError, ValueError, IndexError, AttributeError, OverflowError, RuntimeError) as exc:
+            raise SchemaError(f"corrupt ftlens trace ({type(exc).__name__}: {exc}); re-create the file with ftlens") from None
+        _check_consistent(trace)
         return trace
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write JSON atomically (temp file in the same folder, then rename)."""
-        return atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False))
+        """Write JSON atomically (temp file in the same folder, then rename).
+
+        A name ending in ``.gz`` is gzip-compressed (about 3x smaller).  An existing file
+        at ``path`` is replaced only once the new one is complete.
+        """
+        try:
+            text = json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except ValueError:
+            raise SchemaError("the trace holds NaN or infinite numbers and cannot be saved as JSON") from None
+        data = text.encode("utf-8")
+        if str(path).endswith(".gz"):
+            data = gzip.compress(data, compresslevel=6, mtime=0)
+        return atomic_write_bytes(path, data)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Trace":
         """Read a trace written by :meth:`save`; :class:`SchemaError` if it is not one."""
         p = Path(path)
         try:
-            text = p.read_text(encoding="utf-8")
+            raw = p.read_bytes()
         except FileNotFoundError:
-            raise SchemaError(f"trace file {p} does not exist") from None
-        except UnicodeDecodeError:
-            raise SchemaError(f"trace file {p} is not UTF-8 text; is it an ftlens JSON trace?") from None
+            raise SchemaError(f"trace file {p} does not exist; check the path") from None
+        except IsADirectoryError:
+            raise SchemaError(f"{p} is a folder, not a trace file; pass the path of a .json trace") from None
         except OSError as exc:
             raise SchemaError(f"cannot read trace file {p}: {exc.strerror}") from None
+        return cls.loads(raw, source=str(p))
+
+    @classmethod
+    def loads(cls, raw: bytes | str, source: str = "trace") -> "Trace":
+        """Parse a saved trace from bytes/text (gzip detected by its magic bytes)."""
+        if isinstance(raw, bytes) and raw[:2] == b"\x1f\x8b":
+            try:
+                raw = gzip.decompress(raw)
+            except (OSError, EOFError, zlib.error):
+                raise SchemaError(f"{source} is a truncated or corrupt gzip file; re-create it with ftlens") from None
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise SchemaError(f"{source} is not UTF-8 text; pass an ftlens JSON trace") from None
+        if not raw.strip():
+            raise SchemaError(f"{source} is empty (an interrupted copy?); re-create it with ftlens")
         try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise SchemaError(f"trace file {p} is not valid JSON (truncated or corrupt?): {exc}") from None
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise SchemaError(
+                f"{source} is not valid JSON (truncated or corrupt? {exc.msg} at line {exc.lineno} "
+                f"column {exc.colno}); re-create it with ftlens"
+            ) from None
+        except (ValueError, RecursionError) as exc:
+            raise SchemaError(f"{source} is not valid JSON ({type(exc).__name__}); re-create it with ftlens") from None
         return cls.from_dict(data)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temp file and ``os.replace``: never a half file."""
+def _new_file_mode() -> int:
+    """Mode of a freshly created file under the current umask (mkstemp uses 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``.
+
+    Readers see the old file or the new one, never a half-written one; on any error
+    (including KeyboardInterrupt) the temp file is removed and the old file is untouched.
+    The new file keeps the old file's permissions (or gets the umask default).
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = p.stat().st_mode & 0o7777
+    except OSError:
+        mode = _new_file_mode()
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, p)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -334,21 +398,92 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return p
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """:func:`atomic_write_bytes` of UTF-8 text."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
 def _tolist(t: Tensor) -> Any:
-    return t.detach().to("cpu", torch.float32).tolist()
+    """Nested lists of Python floats, each the shortest decimal of its float32 value."""
+    a = t.detach().to("cpu", torch.float32).numpy()
+    if a.size == 0:
+        return a.tolist()
+    return np.vectorize(float, otypes=[object])(a.astype(str)).tolist()
 
 
-def _tensor(data: Iterable, ndim: int) -> Tensor:
+def _tensor(data: Any, ndim: int) -> Tensor:
+    if not isinstance(data, list):
+        raise SchemaError(f"corrupt ftlens trace: expected a {ndim}-d array, got {type(data).__name__}; re-create the file with ftlens")
     t = torch.tensor(data, dtype=torch.float32)
     if t.ndim != ndim and not (t.numel() == 0 and ndim >= 1):
-        raise SchemaError(f"corrupt ftlens trace: expected a {ndim}-d array, got {t.ndim}-d")
+        raise SchemaError(f"corrupt ftlens trace: expected a {ndim}-d array, got {t.ndim}-d; re-create the file with ftlens")
     if not bool(torch.isfinite(t).all()):
-        raise SchemaError("corrupt ftlens trace: non-finite numbers in an array")
+        raise SchemaError("corrupt ftlens trace: non-finite numbers in an array; re-create the file with ftlens")
     return t
 
 
+def _list(x: Any) -> list:
+    if not isinstance(x, list):
+        raise TypeError(f"expected a list, got {type(x).__name__}")
+    return x
+
+
+def _dict(x: Any) -> dict:
+    if not isinstance(x, dict):
+        raise TypeError(f"expected an object, got {type(x).__name__}")
+    return x
+
+
+def _str(x: Any) -> str:
+    if not isinstance(x, str):
+        raise TypeError(f"expected a string, got {type(x).__name__}")
+    return x
+
+
+def _int(x: Any) -> int:
+    if not isinstance(x, int) or isinstance(x, bool):
+        raise TypeError(f"expected an integer, got {x!r:.40}")
+    return x
+
+
+def _float(x: Any) -> float:
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        raise TypeError(f"expected a number, got {x!r:.40}")
+    v = float(x)
+    if not math.isfinite(v):
+        raise ValueError("non-finite number")
+    return v
+
+
 def _pair(x: Any) -> tuple[int, int]:
-    a, b = x
-    return int(a), int(b)
+    a, b = _list(x)
+    return _int(a), _int(b)
+
+
+def _check_consistent(tr: "Trace") -> None:
+    """Shapes and ranges agree, so every Trace method works on a loaded trace."""
+    n = len(tr.tokens)
+
+    def bad(what: str) -> SchemaError:
+        return SchemaError(f"corrupt ftlens trace: {what}; re-create the file with ftlens")
+
+    if not tr.hops:
+        raise bad("no hops")
+    if len(tr.roles) != n or len(tr.ids) != n or tr.scores.numel() != n:
+        raise bad("tokens, roles, ids and scores differ in length")
+    if any(r not in ROLES for r in tr.roles):
+        raise bad(f"unknown role (expected one of {', '.join(ROLES)})")
+    if not (0 <= tr.output[0] < tr.output[1] <= n):
+        raise bad("output span out of range")
+    if tr.reasoning is not None and not (0 <= tr.reasoning[0] < tr.reasoning[1] <= tr.output[0]):
+        raise bad("reasoning span out of range")
+    shape = tr.hops[0].heads.shape
+    for h in tr.hops:
+        if h.heads.ndim != 3 or h.heads.shape != shape or shape[-1] != n or min(shape) == 0:
+            raise bad("hop head tensors do not match the number of tokens")
+        if h.scores.numel() != n or any(x.numel() != shape[0] for x in (h.residual, h.bias, h.mlp)):
+            raise bad("hop score or per-layer tensors have the wrong length")
+    if tr.row_scores is not None and (tr.row_scores.ndim != 2 or tr.row_scores.shape[1] != n):
+        raise bad("row_scores do not match the number of tokens")
 
 

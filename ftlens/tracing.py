@@ -32,6 +32,11 @@ def generate(model: Any, prompt: str, *, max_new_tokens: int = 128, chat_templat
     tok = model.tokenizer
     formatted, special = format_prompt(tok, prompt, chat_template)
     ids = tok(formatted, add_special_tokens=special, return_tensors="pt")["input_ids"]
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    if isinstance(n_ctx, int) and ids.shape[1] >= n_ctx:
+        raise SpanError(
+            f"the prompt has {ids.shape[1]} tokens but the model's context is {n_ctx}; shorten the prompt"
+        )
     device = next(model.parameters()).device
     hf = model.original_model
     with torch.no_grad():
