@@ -32,6 +32,31 @@ class AttentionSpec:
     window: int | None = None  # sliding window length, None = full causal
 
 
+def attention_logits(
+    q: Float[Tensor, "head row dh"],
+    k: Float[Tensor, "kv src dh"],
+    row_pos: Int[Tensor, " row"],
+    spec: AttentionSpec,
+) -> Float[Tensor, "head row src"]:
+    """Masked pre-softmax logits ``cap(scale * q . k) + mask`` (float32, ``-inf`` where masked).
+
+    Grouped-query heads are batched per KV head (``q`` viewed as ``[kv, g * row, dh]``),
+    so ``k`` is never repeated.
+    """
+    n_heads, n_rows, d_head = q.shape
+    n_kv, n_src, _ = k.shape
+    qg = q.float().reshape(n_kv, spec.group * n_rows, d_head)
+    scores = torch.matmul(qg, k.float().transpose(1, 2)).view(n_heads, n_rows, n_src)
+    scores.mul_(spec.scale)
+    if spec.softcap is not None:
+        scores.div_(spec.softcap).tanh_().mul_(spec.softcap)
+    src = torch.arange(n_src, device=k.device)
+    allowed = src[None, :] <= row_pos[:, None]
+    if spec.window is not None:
+        allowed &= (row_pos[:, None] - src[None, :]) < spec.window
+    return scores.masked_fill_(~allowed[None], float("-inf"))
+
+
 def attention_rows(
     q: Float[Tensor, "head row dh"],
     k: Float[Tensor, "kv src dh"],
@@ -39,16 +64,7 @@ def attention_rows(
     spec: AttentionSpec,
 ) -> Float[Tensor, "head row src"]:
     """Post-softmax attention of the given query rows on every source (float32)."""
-    k_full = repeat(k, "kv src dh -> (kv g) src dh", g=spec.group) if spec.group > 1 else k
-    scores = einsum(q.float(), k_full.float(), "head row dh, head src dh -> head row src") * spec.scale
-    if spec.softcap is not None:
-        scores = spec.softcap * torch.tanh(scores / spec.softcap)
-    src = torch.arange(k.shape[1], device=k.device)
-    allowed = src[None, :] <= row_pos[:, None]
-    if spec.window is not None:
-        allowed &= (row_pos[:, None] - src[None, :]) < spec.window
-    scores = scores.masked_fill(~allowed[None], float("-inf"))
-    return torch.softmax(scores, dim=-1)
+    return torch.softmax(attention_logits(q, k, row_pos, spec), dim=-1)
 
 
 def weighted_attention(
@@ -64,10 +80,14 @@ def weighted_attention(
     Rows whose weights are all zero are skipped (they contribute nothing).
     """
     n_vec, n_rows = weights.shape
-    out = torch.zeros(n_vec, q.shape[0], k.shape[1], dtype=torch.float32, device=k.device)
+    out = torch.zeros(q.shape[0], n_vec, k.shape[1], dtype=torch.float32, device=k.device)
     live = (weights != 0).any(dim=0).nonzero().flatten()
     for start in range(0, live.numel(), row_chunk):
         idx = live[start : start + row_chunk]
-        rows = attention_rows(q[:, idx], k, row_pos[idx], spec)
-        out += einsum(weights[:, idx].float(), rows, "vec row, head row src -> vec head src")
-    return out
+        # softmax folded into the weights: A[h,t,s] = e[h,t,s] / Z[h,t] with
+        # e = exp(logit - max_s logit), so sum_t w[t] A[h,t,s] = sum_t (w[t] / Z[h,t]) e[h,t,s]
+        e = attention_logits(q[:, idx], k, row_pos[idx], spec)  # head row src
+        e.sub_(e.amax(dim=-1, keepdim=True)).exp_()
+        scaled = weights[:, idx].float()[None] / e.sum(dim=-1)[:, None, :]  # head vec row
+        out.add_(torch.matmul(scaled, e))  # head vec src
+    return out.transpose(0, 1)

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from .attention import AttentionSpec
 from .errors import TraceError
+from .fastattn import fast_attention
 
 
 @dataclass
@@ -141,19 +142,22 @@ def capture(
     info: ModelInfo,
     *,
     progress: Callable[[int], None] | None = None,
+    fast_attn: bool = True,
 ) -> list[LayerState]:
     """Run one forward pass and keep each layer's :class:`LayerState`.
 
     Rows tracked are positions ``row_start .. T-1``.  Raises :class:`TraceError`
-    naming the layer if a residual stream becomes non-finite.
+    naming the layer if a residual stream becomes non-finite.  ``fast_attn``: run
+    supported attention layers through :func:`ftlens.fastattn.fast_attention`
+    (fused SDPA, no ``[H, T, T]`` pattern; same hooks, same values up to rounding).
     """
     states = [LayerState() for _ in range(info.n_layers)]
     rows = slice(row_start, None)
 
     def keep_resid(layer: int, attr: str) -> Callable:
         def fn(x: Tensor, hook: Any) -> None:
-            x = x[0, rows].detach().float()
-            if not torch.isfinite(x).all():
+            x = _own(x[0, rows].detach())
+            if not _all_finite(x):
                 raise TraceError(
                     f"non-finite activations at layer {layer} ({hook.name}); try dtype=float32 "
                     "or a shorter input"
@@ -169,7 +173,7 @@ def capture(
 
     def keep_q(layer: int) -> Callable:
         def fn(x: Tensor, hook: Any) -> None:
-            states[layer].q = rearrange(x[0, rows].detach().float(), "row head dh -> head row dh")
+            states[layer].q = _own(rearrange(x[0, rows].detach(), "row head dh -> head row dh"))
 
         return fn
 
@@ -190,7 +194,7 @@ def capture(
             (f"{pre}.attn.{info.k_hook}", keep_kv(layer, "k")),
             (f"{pre}.attn.v.hook_out", keep_kv(layer, "v")),
         ]
-    with temporary_hooks(model, hooks), torch.no_grad():
+    with fast_attention(model, enabled=fast_attn), temporary_hooks(model, hooks), torch.no_grad():
         try:
             model(tokens[None].to(_device_of(model)), return_type=None)
         except _StopForward:
@@ -199,6 +203,20 @@ def capture(
         if any(getattr(st, f) is None for f in ("a", "b", "c", "q", "k", "v")):
             raise TraceError(f"layer {layer}: a hook did not fire; is this a supported decoder model?")
     return states
+
+
+def _own(x: Tensor) -> Tensor:
+    """A float32 contiguous copy that does not keep the hook's full ``[pos, ...]`` tensor alive."""
+    if x.dtype != torch.float32:
+        return x.float().contiguous()
+    return x.contiguous() if not x.is_contiguous() else x.clone()
+
+
+def _all_finite(x: Tensor) -> bool:
+    """``isfinite(x).all()``; a NaN or inf anywhere makes the (float32) sum non-finite."""
+    if bool(torch.isfinite(x.sum())):
+        return True
+    return bool(torch.isfinite(x).all())  # a finite sum can overflow only for huge finite values
 
 
 def _device_of(model: Any) -> torch.device:

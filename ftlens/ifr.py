@@ -37,10 +37,16 @@ def proximity(part: Float[Tensor, "... d"], whole: Float[Tensor, "... d"]) -> Fl
 def head_writes(
     v: Float[Tensor, "kv src dh"], w_o: Float[Tensor, "head dh d"]
 ) -> Float[Tensor, "head src d"]:
-    """``u[h, s] = W_O[h]^T v[kv(h), s]``: what head ``h`` writes per unit attention on ``s``."""
-    group = w_o.shape[0] // v.shape[0]
-    v_heads = v.repeat_interleave(group, dim=0) if group > 1 else v
-    return einsum(v_heads.float(), w_o.float(), "head src dh, head dh d -> head src d")
+    """``u[h, s] = W_O[h]^T v[kv(h), s]``: what head ``h`` writes per unit attention on ``s``.
+
+    Grouped-query heads read their KV head through a broadcast (no repeated copy of ``v``).
+    """
+    n_kv, n_src, d_head = v.shape
+    n_heads, _, d = w_o.shape
+    group = n_heads // n_kv
+    w = w_o.float().reshape(n_kv, group, d_head, d)
+    u = torch.matmul(v.float()[:, None], w)  # kv g src d
+    return u.reshape(n_heads, n_src, d)
 
 
 def head_proximities(
@@ -48,12 +54,14 @@ def head_proximities(
     attn: Float[Tensor, "row head src"],
     v: Float[Tensor, "kv src dh"],
     w_o: Float[Tensor, "head dh d"],
-    max_elems: int = 1 << 24,
+    max_elems: int = 1 << 20,
 ) -> Float[Tensor, "row head src"]:
     """``P[r, h, s] = prox(attn[r, h, s] * u[h, s] | y[r])``, chunked over sources.
 
     Sources where every row has zero attention are skipped (their proximity is 0).
-    ``max_elems`` bounds the ``[row, head, src_chunk, d]`` temporary.
+    ``max_elems`` bounds the ``[row, head, src_chunk, d]`` temporary (a few MB, so it
+    stays in cache); each chunk is evaluated in place as
+    ``sum_d (|y_d| - |y_d - z_d|)`` with ``z = attn * u`` (see :func:`proximity`).
     """
     n_rows, n_heads, n_src = attn.shape
     d = w_o.shape[-1]
@@ -61,15 +69,25 @@ def head_proximities(
     live = (attn != 0).flatten(0, 1).any(dim=0).nonzero().flatten()
     if live.numel() == 0:
         return out
-    chunk = max(1, max_elems // max(1, n_rows * n_heads * d))
-    y = y.float()
-    y_abs = y.abs()[:, None, None, :]
+    chunk = max(16, max_elems // max(1, n_rows * n_heads * d))
+    y = y.float()[:, None, None, :]
+    y_abs, neg_y = y.abs(), -y
+    w_o = w_o.float()
+    contiguous = live.numel() == int(live[-1]) + 1  # live sources are 0..n-1 (the causal case)
     for start in range(0, live.numel(), chunk):
-        idx = live[start : start + chunk]
+        if contiguous:
+            idx = slice(start, min(start + chunk, live.numel()))
+        else:
+            idx = live[start : start + chunk]
         u = head_writes(v[:, idx], w_o)  # head c d
-        z = attn[:, :, idx, None] * u[None]  # row head c d
-        # sum_d (|y_d| - |y_d - z_d|), see proximity()
-        out[:, :, idx] = (y_abs - (y[:, None, None, :] - z).abs()).sum(-1).clamp_min(0.0)
+        a = attn[:, :, idx, None].float()  # row head c 1
+        if n_rows == 1:  # z - y = attn * u - y, in place
+            z = torch.addcmul(neg_y[0], u, a[0], out=u)[None]
+        else:
+            z = torch.addcmul(neg_y, u[None], a)  # row head c d
+        z.abs_()  # |y - z|
+        torch.sub(y_abs, z, out=z)  # |y| - |y - z|
+        out[:, :, idx] = z.sum(-1).clamp_min_(0.0)
     return out
 
 
