@@ -18,11 +18,11 @@ from .trace import Trace
 from .tracing import METHODS, generate, trace
 
 
-def load_model(name: str | None = None, *, device=None, dtype=None):
+def load_model(name: str | None = None, *, device=None, dtype=None, device_map=None):
     """Load a TransformerBridge; see :func:`ftlens.models.load_model`."""
     from .models import load_model as _load
 
-    return _load(name, device=device, dtype=dtype)
+    return _load(name, device=device, dtype=dtype, device_map=device_map)
 
 
 __all__ = [

@@ -59,17 +59,18 @@ def span_shares(
     progress: Callable[[int], None] | None = None,
 ) -> SpanShares:
     """Shares of the virtual target ``sum_t weights[t] * row t`` (rows = tracked positions)."""
-    w = weights.float()[None]
+    home = states[0].a.device  # results gather here; layers may sit on other devices (device_map)
     heads, res, bias, mlp = [], [], [], []
     for layer, st in enumerate(states):
+        w = weights.float()[None].to(st.b.device)
         y = w @ st.b
         x = w @ st.a
-        abar = weighted_attention(st.q, st.k, row_pos, w, info.specs[layer])
+        abar = weighted_attention(st.q, st.k, row_pos.to(st.b.device), w, info.specs[layer])
         sh = layer_shares(y, x, _bias_total(info, layer, w.sum(-1)), abar, st.v, info.w_o[layer], threshold)
-        heads.append(sh.heads[0])
-        res.append(sh.residual[0])
-        bias.append(sh.bias[0])
-        mlp.append(mlp_share(y, w @ st.c)[0])
+        heads.append(sh.heads[0].to(home))
+        res.append(sh.residual[0].to(home))
+        bias.append(sh.bias[0].to(home))
+        mlp.append(mlp_share(y, w @ st.c)[0].to(home))
         if progress is not None:
             progress(layer)
     return SpanShares(torch.stack(heads), torch.stack(res), torch.stack(bias), torch.stack(mlp))
@@ -99,9 +100,11 @@ def tokenwise_shares(
     """Token-wise IFR (one-hot weights) for the tracked rows with indices ``rows``."""
     n_rows = rows.numel()
     n_src = states[0].k.shape[1]
-    row_scores = torch.zeros(n_rows, n_src, dtype=torch.float32, device=states[0].a.device)
+    home = states[0].a.device  # results gather here; layers may sit on other devices (device_map)
+    row_scores = torch.zeros(n_rows, n_src, dtype=torch.float32, device=home)
     heads, res, bias, mlp = [], [], [], []
     for layer, st in enumerate(states):
+        rows, row_pos = rows.to(st.a.device), row_pos.to(st.a.device)
         l_heads = torch.zeros(info.n_heads, n_src, dtype=torch.float32, device=st.a.device)
         l_res = l_bias = torch.zeros((), device=st.a.device)
         for start in range(0, n_rows, row_chunk):
@@ -114,14 +117,14 @@ def tokenwise_shares(
             sh = layer_shares(
                 st.b[idx], st.a[idx], _bias_total(info, layer, ones), attn, st.v, info.w_o[layer], threshold
             )
-            row_scores[start : start + idx.numel()] += sh.heads.sum(dim=1)
+            row_scores[start : start + idx.numel()] += sh.heads.sum(dim=1).to(home)
             l_heads += sh.heads.sum(dim=0)
             l_res = l_res + sh.residual.sum()
             l_bias = l_bias + sh.bias.sum()
-        heads.append(l_heads / n_rows)
-        res.append(l_res / n_rows)
-        bias.append(l_bias / n_rows)
-        mlp.append(mlp_share(st.b[rows], st.c[rows]).mean())
+        heads.append((l_heads / n_rows).to(home))
+        res.append((l_res / n_rows).to(home))
+        bias.append((l_bias / n_rows).to(home))
+        mlp.append(mlp_share(st.b[rows], st.c[rows]).mean().to(home))
         if progress is not None:
             progress(layer)
     mean = SpanShares(torch.stack(heads), torch.stack(res), torch.stack(bias), torch.stack(mlp))

@@ -405,7 +405,9 @@ def _unavailable(name: str, why: str) -> ModelLoadError:
     )
 
 
-def _load_named(name: str, device: torch.device, dtype: torch.dtype) -> TransformerBridge:
+def _load_named(
+    name: str, device: torch.device, dtype: torch.dtype, device_map: str | dict | None = None
+) -> TransformerBridge:
     from transformer_lens.model_bridge import TransformerBridge
 
     expanded = os.path.expanduser(name)
@@ -427,6 +429,8 @@ def _load_named(name: str, device: torch.device, dtype: torch.dtype) -> Transfor
         offline_ctx = _forced_hub_offline()  # cached: skip the hub's retries
     try:
         with offline_ctx:
+            if device_map is not None:  # multi-device placement by accelerate, through the bridge
+                return TransformerBridge.boot_transformers(name, dtype=dtype, device_map=device_map)
             return TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
     except ModelLoadError:
         raise
@@ -447,6 +451,7 @@ def load_model(
     *,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    device_map: str | dict | None = None,
 ) -> TransformerBridge:
     """Load a model as a ``TransformerBridge`` (raw HF weights, eager attention, eval mode).
 
@@ -457,6 +462,10 @@ def load_model(
             to the hub for the original weights.)
         device: ``"cpu"``, ``"cuda"``, a ``torch.device``; ``None`` = cuda if available.
         dtype: ``"float32"``/``"bfloat16"``/``"float16"`` or a torch dtype; ``None`` = float32.
+        device_map: multi-GPU placement for a named model (``"auto"`` or an accelerate
+            map), passed to ``TransformerBridge.boot_transformers``; replaces ``device``.
+            ftlens keeps each layer's state on that layer's device and gathers results on
+            the first layer's.
 
     Raises:
         ModelLoadError: the model is neither cached nor reachable, or its
@@ -464,8 +473,10 @@ def load_model(
     """
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     if name is None or name in DEFAULT_ALIASES:
+        if device_map is not None:
+            raise ModelLoadError("device_map is for named models; the default model fits one device")
         return _load_default(torch_device, torch_dtype)
-    return _load_named(name, torch_device, torch_dtype)
+    return _load_named(name, torch_device, torch_dtype, device_map)
 
 
 # --------------------------------------------------------------------------- tiny models
