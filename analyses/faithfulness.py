@@ -1,0 +1,318 @@
+#!/usr/bin/env python
+"""Faithfulness benchmark: every method x task -> RISE, MAS, Recovery@10%, insertion AUC, s/example.
+
+Metrics are ftlens.evaluate (spec section 7): deletion curve over k groups of user-prompt
+tokens, each replaced by one fixed token (the same for every method), scored on the answer
+span and on the whole target.  Two calibration rows: ``random`` (a random ordering) and
+``evidence-first`` (evidence tokens deleted first).  Outputs under --out:
+``faithfulness.csv`` (per example x method), ``faithfulness_summary.csv`` (mean, standard
+error), ``faithfulness.md`` (tables, target checks, the exact command) and ``faithfulness.png``.
+Datasets are written to ``<out>/datasets/<task>-<length>.jsonl``.
+
+Example (the committed run):  python analyses/faithfulness.py --n 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ftlens import baselines as B
+from ftlens import evaluate as E
+from ftlens import tasks as T
+
+FTLENS = ["ifr-tokenwise", "ifr-span", "flashtrace-h0", "flashtrace-h1", "flashtrace-h2", "flashtrace-h3"]
+ALL_METHODS = list(B.BASELINES) + FTLENS + ["reference"]
+CALIB = ["random", "evidence-first"]
+CHAIN_TASKS = ("vartrack", "twohop", "arith")
+METRICS = ["rise_answer", "rise_target", "mas_answer", "mas_target", "ins_answer", "ins_target", "recovery", "seconds"]
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="model name (default: ftlens default model); 'tiny' = tiny random Llama")
+    p.add_argument("--tasks", nargs="+", default=list(T.TASKS), choices=list(T.TASKS))
+    p.add_argument("--lengths", nargs="+", type=int, default=[512, 1024, 2048, 4096],
+                   help="prompt lengths (tokens) for the needle tasks")
+    p.add_argument("--chain-length", type=int, default=256, help="prompt length (tokens) of vartrack/twohop/arith")
+    p.add_argument("--n", type=int, default=20, help="examples per task and length")
+    p.add_argument("--methods", nargs="+", default=ALL_METHODS, choices=ALL_METHODS)
+    p.add_argument("--k", type=int, default=20, help="deletion groups")
+    p.add_argument("--pct", type=float, default=10.0, help="Recovery@pct%%")
+    p.add_argument("--ig-steps", type=int, default=16)
+    p.add_argument("--ig-baseline", choices=["zero", "eos"], default="zero")
+    p.add_argument("--occlusion-max", type=int, default=600, help="skip occlusion above this many prompt tokens")
+    p.add_argument("--no-insertion", action="store_true", help="skip insertion curves (halves the cost)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="analyses/results")
+    p.add_argument("--quick", action="store_true", help="CI smoke run: 2 examples, short prompts, k=5")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--from-csv", default=None,
+                   help="only rebuild summary/markdown/PNG from an existing per-example CSV (e.g. a partial run)")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.n, a.k, a.ig_steps = min(a.n, 2), 5, 4
+        a.lengths, a.chain_length = [96], 96
+        if a.tasks == list(T.TASKS):
+            a.tasks = ["needle_multikey", "twohop"]
+    return a
+
+
+def load(name: str | None):
+    if name == "tiny":
+        from ftlens.models import tiny_model
+
+        return tiny_model("llama", n_layers=2, d_model=64, n_heads=4, n_kv_heads=2)
+    import ftlens
+
+    return ftlens.load_model(name)
+
+
+def method_scores(model, ex, seq, fmt, methods, args, fill):
+    """``name -> (scores[pos], seconds)`` for every requested method (errors -> skipped)."""
+    out, errors = {}, {}
+    for name in methods:
+        if name in B.BASELINES:
+            t0 = time.perf_counter()
+            try:
+                s = B.run_baseline(name, model, seq, fill=fill, seed=args.seed, ig_steps=args.ig_steps,
+                                   ig_baseline=args.ig_baseline, occlusion_max=args.occlusion_max)
+            except Exception as exc:  # recorded, reported in the markdown
+                errors[name] = f"{type(exc).__name__}: {exc}"
+                continue
+            out[name] = (s, time.perf_counter() - t0)
+    wanted = [m for m in methods if m in FTLENS]
+    if wanted:
+        hops_max = max([int(m[-1]) for m in wanted if m.startswith("flashtrace-h")] + [0])
+        fam = B.ftlens_scores(model, ex["prompt"], ex["target"], seq, hops_max=hops_max,
+                              tokenwise="ifr-tokenwise" in wanted)
+        for m in wanted:
+            out[m] = fam[m][:2]
+    if "reference" in methods:
+        t0 = time.perf_counter()
+        try:
+            out["reference"] = (B.reference_flashtrace(model, seq, fmt, hops=1), time.perf_counter() - t0)
+        except Exception as exc:
+            errors["reference"] = f"{type(exc).__name__}: {exc}"
+    return out, errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    cmd = "python analyses/faithfulness.py " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.from_csv:
+        return rebuild(args, cmd, out)
+    torch.manual_seed(args.seed)
+    model = load(args.model)
+    tok = model.tokenizer
+    fill = E.default_fill(tok)
+    jobs = []
+    for task in args.tasks:
+        lengths = args.lengths if task.startswith("needle") else [args.chain_length]
+        for length in lengths:
+            exs = T.make_examples(task, tok, args.n, length, seed=args.seed)
+            T.write_jsonl(exs, out / "datasets" / f"{task}-{length}.jsonl")
+            jobs += [(f"{task}@{length}", ex) for ex in exs]
+    from tqdm.auto import tqdm
+
+    rows, errors = [], {}
+    per_ex = out / "faithfulness.csv"
+    t_start = time.perf_counter()
+    bar = tqdm(jobs, desc="faithfulness", disable=args.no_progress)
+    for label, ex in bar:
+        bar.set_postfix_str(label)
+        seq, case, fmt = T.build_case(model, ex)
+        sc = E.Scorer(model, case, fill=fill, k=args.k, insertion=not args.no_insertion)
+        scores, errs = method_scores(model, ex, seq, fmt, args.methods, args, fill)
+        for m, e in errs.items():
+            errors.setdefault((label, m), e)
+        if case.evidence:
+            scores["evidence-first"] = (torch.zeros(seq.n).index_put_(
+                (torch.tensor(case.prompt_pos)[case.evidence],), torch.tensor(1.0)), 0.0)
+        for m, (s, secs) in scores.items():
+            met = sc.evaluate(s[case.prompt_pos].float(), pct=args.pct)
+            rows.append({"task": label, "id": ex["id"], "method": m, **met, "seconds": secs,
+                         "n_prompt_tokens": len(case.prompt_pos), "n_evidence": len(case.evidence)})
+        _write_csv(per_ex, rows)
+    elapsed = time.perf_counter() - t_start
+    summary = summarise(rows)
+    _write_csv(out / "faithfulness_summary.csv", summary)
+    (out / "faithfulness.md").write_text(report(summary, rows, errors, args, cmd, elapsed, fill, tok), encoding="utf-8")
+    plot(summary, out / "faithfulness.png")
+    print(f"wrote {out}/faithfulness.md ({len(rows)} rows, {elapsed:.0f} s)")
+    return 0
+
+
+def rebuild(args, cmd, out: Path) -> int:
+    """Summary, markdown and PNG from a per-example CSV (numbers parsed back to floats)."""
+    from ftlens.tasks import default_tokenizer_for
+
+    rows = []
+    with open(args.from_csv, newline="") as f:
+        for r in csv.DictReader(f):
+            d = dict(r)
+            for m in METRICS:
+                d[m] = float(d[m]) if d.get(m) not in (None, "") else float("nan")
+            rows.append(d)
+    summary = summarise(rows)
+    _write_csv(out / "faithfulness_summary.csv", summary)
+    tok = default_tokenizer_for(args.model)
+    fill = E.default_fill(tok)
+    (out / "faithfulness.md").write_text(report(summary, rows, {}, args, cmd, float("nan"), fill, tok), encoding="utf-8")
+    plot(summary, out / "faithfulness.png")
+    print(f"rebuilt {out}/faithfulness.md from {args.from_csv} ({len(rows)} rows)")
+    return 0
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    keys = list(rows[0].keys())
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["method"]), []).append(r)
+    out = []
+    for (task, method), rs in groups.items():
+        d = {"task": task, "method": method}
+        for m in METRICS:
+            mu, se, n = E.mean_se([r[m] for r in rs])
+            d[m], d[m + "_se"] = mu, se
+            d["n"] = max(d.get("n", 0), n)
+        out.append(d)
+    return out
+
+
+def _order(method: str) -> int:
+    order = CALIB[:1] + [m for m in ALL_METHODS if m != "random"] + CALIB[1:]
+    return order.index(method) if method in order else len(order)
+
+
+def _fmt(d: dict, m: str) -> str:
+    v, se = d.get(m, float("nan")), d.get(m + "_se", float("nan"))
+    if v != v:
+        return "-"
+    return f"{v:.3f} ± {se:.3f}" if m != "seconds" else f"{v:.2f}"
+
+
+def checks(summary: list[dict]) -> list[list[str]]:
+    """The issue's target figures, computed from the summary (met / missed)."""
+    by = {(d["task"], d["method"]): d for d in summary}
+    tasks = sorted({d["task"] for d in summary})
+    lines = []
+    for t in tasks:
+        d = by.get((t, "flashtrace-h1"))
+        if d is None:
+            continue
+        if t.startswith("needle"):
+            r = d["recovery"]
+            lines.append([f"{t}: flashtrace-h1 Recovery@10% >= 0.9", f"{r:.3f}", "met" if r >= 0.9 else "MISSED"])
+        for v in ("target", "answer"):
+            key = f"rise_{v}"
+            others = {m: by[(t, m)][key] for (tt, m) in by if tt == t and m not in FTLENS + ["evidence-first"]}
+            if not others:
+                continue
+            best = min(others, key=others.get)
+            ok = d[key] < others[best]
+            lines.append([f"{t}: RISE({v}) flashtrace-h1 < every baseline + reference",
+                          f"{d[key]:.3f} vs best other {best} {others[best]:.3f}", "met" if ok else "MISSED"])
+        h0 = by.get((t, "flashtrace-h0"))
+        if h0 is not None and t.split("@")[0] in CHAIN_TASKS:
+            ok_r = d["recovery"] > h0["recovery"]
+            ok_s = d["rise_target"] < h0["rise_target"]
+            lines.append([f"{t}: hops=1 beats hops=0 (Recovery, RISE target)",
+                          f"Rec {d['recovery']:.3f} vs {h0['recovery']:.3f}; RISE {d['rise_target']:.3f} vs {h0['rise_target']:.3f}",
+                          "met" if ok_r and ok_s else "MISSED"])
+    return lines
+
+
+def report(summary, rows, errors, args, cmd, elapsed, fill, tok) -> str:
+    n_ex = len({r["id"] for r in rows})
+    parts = [
+        "# Faithfulness benchmark",
+        "",
+        f"Command: `{cmd}`",
+        "",
+        f"Model: {args.model or 'default (SmolLM2-135M-Instruct)'}; {n_ex} examples; k = {args.k} deletion groups; "
+        f"replacement token id {fill} ({tok.decode([fill])!r}); Recovery@{args.pct:g}%; IG {args.ig_steps} steps, "
+        f"{args.ig_baseline} baseline; occlusion up to {args.occlusion_max} prompt tokens; wall time {elapsed:.0f} s.",
+        "Targets are teacher-forced reference chains (`<think>...</think>` + an answer line).",
+        "RISE / MAS: lower is better; insertion AUC and Recovery: higher is better. `answer` scores log p of the "
+        "answer span only, `target` of the whole target (reasoning + answer). Mean ± standard error over examples. "
+        "`random` and `evidence-first` are the calibration rows.",
+        "",
+    ]
+    tasks = sorted({d["task"] for d in summary})
+    header = ["method", "RISE target", "RISE answer", "MAS target", "MAS answer", "ins AUC target",
+              "ins AUC answer", "Recovery@10%", "s/example", "n"]
+    for t in tasks:
+        ds = sorted([d for d in summary if d["task"] == t], key=lambda d: _order(d["method"]))
+        parts += [f"## {t}", "", E.markdown_table(header, [
+            [d["method"], _fmt(d, "rise_target"), _fmt(d, "rise_answer"), _fmt(d, "mas_target"),
+             _fmt(d, "mas_answer"), _fmt(d, "ins_target"), _fmt(d, "ins_answer"), _fmt(d, "recovery"),
+             _fmt(d, "seconds"), d["n"]] for d in ds]), ""]
+    parts += ["## Target checks (flashtrace = flashtrace-h1)", "",
+              E.markdown_table(["target", "value", "status"], checks(summary)), ""]
+    if errors:
+        parts += ["## Skipped", ""]
+        seen = set()
+        for (label, m), e in errors.items():
+            if (m, e[:60]) in seen:
+                continue
+            seen.add((m, e[:60]))
+            parts.append(f"- {m} on {label} (and maybe others): {e}")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def plot(summary: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({d["task"] for d in summary})
+    methods = sorted({d["method"] for d in summary}, key=_order)
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(tasks) + 4) * 2 / 2 + 4, 4.5), squeeze=False)
+    width = 0.8 / max(1, len(methods))
+    by = {(d["task"], d["method"]): d for d in summary}
+    for ax, key in zip(axes[0], ("rise_target", "recovery")):
+        for j, m in enumerate(methods):
+            xs, ys, es = [], [], []
+            for i, t in enumerate(tasks):
+                d = by.get((t, m))
+                if d is None or d[key] != d[key]:
+                    continue
+                xs.append(i + j * width)
+                ys.append(d[key])
+                es.append(d[key + "_se"])
+            ax.bar(xs, ys, width, yerr=es, label=m)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))])
+        ax.set_xticklabels(tasks, rotation=30, ha="right", fontsize=7)
+        ax.set_title({"rise_target": "RISE (whole target, lower = better)", "recovery": "Recovery@10% (higher = better)"}[key])
+    axes[0][1].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
