@@ -112,7 +112,7 @@ def make_inputs(tokenizer, n_prompt: int, n_target: int) -> tuple[str, str]:
     needle = NEEDLE.format(i=mid + 1)
     prompt = "".join([head, *fillers[:mid], needle, *fillers[mid:], QUESTION])
     budget = max(1, n_target - ntok("<think></think>" + ANSWER))
-    words, chain = [], ""
+    chain = ""
     reps = CHAIN.split(" ")
     i = 0
     while True:  # grow word by word up to the token budget (long chains: the chain repeats)

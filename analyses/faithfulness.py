@@ -141,10 +141,10 @@ def main(argv: list[str] | None = None) -> int:
             met = sc.evaluate(s[case.prompt_pos].float(), pct=args.pct)
             rows.append({"task": label, "id": ex["id"], "method": m, **met, "seconds": secs,
                          "n_prompt_tokens": len(case.prompt_pos), "n_evidence": len(case.evidence)})
-        _write_csv(per_ex, rows)
+        E.write_csv(per_ex, rows)
     elapsed = time.perf_counter() - t_start
     summary = summarise(rows)
-    _write_csv(out / "faithfulness_summary.csv", summary)
+    E.write_csv(out / "faithfulness_summary.csv", summary)
     (out / "faithfulness.md").write_text(report(summary, rows, errors, args, cmd, elapsed, fill, tok), encoding="utf-8")
     plot(summary, out / "faithfulness.png")
     print(f"wrote {out}/faithfulness.md ({len(rows)} rows, {elapsed:.0f} s)")
@@ -163,7 +163,7 @@ def rebuild(args, cmd, out: Path) -> int:
                 d[m] = float(d[m]) if d.get(m) not in (None, "") else float("nan")
             rows.append(d)
     summary = summarise(rows)
-    _write_csv(out / "faithfulness_summary.csv", summary)
+    E.write_csv(out / "faithfulness_summary.csv", summary)
     tok = default_tokenizer_for(args.model)
     fill = E.default_fill(tok)
     (out / "faithfulness.md").write_text(report(summary, rows, {}, args, cmd, float("nan"), fill, tok), encoding="utf-8")
@@ -172,18 +172,6 @@ def rebuild(args, cmd, out: Path) -> int:
     return 0
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        return
-    keys = list(rows[0].keys())
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
 
 
 def summarise(rows: list[dict]) -> list[dict]:

@@ -167,7 +167,7 @@ def main(argv=None) -> int:
             rows.append({"task": task, "id": ex["id"], "ranking": rk, "mode": mode, "k": k,
                          "drop": clean - v, "clean_logprob": clean,
                          "top_heads": ";".join(f"L{l}H{h}" for l, h in order[rk][:k])})
-        _write_csv(out / "head_study.csv", rows)
+        E.write_csv(out / "head_study.csv", rows)
     elapsed = time.perf_counter() - t_start
     return finish(args, cmd, out, rows, len(jobs), elapsed, ks)
 
@@ -180,7 +180,7 @@ def finish(args, cmd, out, rows, n_examples, elapsed, ks) -> int:
     for (rk, mode, k), v in sorted(groups.items(), key=lambda x: (x[0][1], x[0][0], x[0][2])):
         mu, se, n = E.mean_se(v)
         summary.append({"ranking": rk, "mode": mode, "k": k, "drop": mu, "drop_se": se, "n": n})
-    _write_csv(out / "head_study_summary.csv", summary)
+    E.write_csv(out / "head_study_summary.csv", summary)
     by = {(d["ranking"], d["mode"], d["k"]): d for d in summary}
     checks = []
     if 5 in ks:
@@ -205,14 +205,6 @@ def finish(args, cmd, out, rows, n_examples, elapsed, ks) -> int:
     return 0
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    keys = list(rows[0].keys())
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
 
 
 def plot(summary, path):

@@ -16,7 +16,6 @@ Per hop ``k``: ``thinking_ratio = |mu_k|`` (mass still on reasoning tokens after
 from __future__ import annotations
 
 import argparse
-import csv
 import shlex
 import sys
 import time
@@ -93,7 +92,7 @@ def main(argv=None) -> int:
                 "recovery": E.recovery(cum[case.prompt_pos], case.evidence, args.pct),
                 "seconds": secs,
             })
-        _write_csv(out / "hops.csv", rows)
+        E.write_csv(out / "hops.csv", rows)
     elapsed = time.perf_counter() - t_start
     summary = []
     groups: dict[tuple[str, int], list[dict]] = {}
@@ -106,7 +105,7 @@ def main(argv=None) -> int:
             mu, se, _ = E.mean_se([r[m] for r in rs])
             d[m], d[m + "_se"] = mu, se
         summary.append(d)
-    _write_csv(out / "hops_summary.csv", summary)
+    E.write_csv(out / "hops_summary.csv", summary)
     md = ["# Recursion dynamics (hops)", "", f"Command: `{cmd}`", "",
           f"Model: {args.model or 'default (SmolLM2-135M-Instruct)'}; {len(jobs)} examples; wall time {elapsed:.0f} s. "
           "`thinking ratio` = |mu_k|, the mass left on reasoning tokens after hop k (= the unresolved mass of a "
@@ -123,14 +122,6 @@ def main(argv=None) -> int:
     return 0
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    keys = list(rows[0].keys())
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
 
 
 def plot(summary, path):

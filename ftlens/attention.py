@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from einops import einsum, repeat
+from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -43,10 +43,11 @@ def attention_logits(
     Grouped-query heads are batched per KV head (``q`` viewed as ``[kv, g * row, dh]``),
     so ``k`` is never repeated.
     """
-    n_heads, n_rows, d_head = q.shape
-    n_kv, n_src, _ = k.shape
-    qg = q.float().reshape(n_kv, spec.group * n_rows, d_head)
-    scores = torch.matmul(qg, k.float().transpose(1, 2)).view(n_heads, n_rows, n_src)
+    n_src = k.shape[1]
+    qg = rearrange(q.float(), "(kv g) row dh -> kv (g row) dh", g=spec.group)
+    scores = rearrange(
+        torch.matmul(qg, k.float().transpose(1, 2)), "kv (g row) src -> (kv g) row src", g=spec.group
+    )
     scores.mul_(spec.scale)
     if spec.softcap is not None:
         scores.div_(spec.softcap).tanh_().mul_(spec.softcap)

@@ -24,13 +24,18 @@ Definitions (``n`` user-prompt tokens, ``k`` groups, default 20):
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from .trace import atomic_write_text
 
 VARIANTS = ("answer", "target")
 
@@ -267,6 +272,20 @@ def mean_se(values: Sequence[float]) -> tuple[float, float, int]:
         return mu, 0.0, 1
     var = sum((x - mu) ** 2 for x in v) / (n - 1)
     return mu, math.sqrt(var / n), n
+
+
+def write_csv(path: Path, rows: Sequence[dict]) -> None:
+    """Write dict rows as CSV (columns: union of keys in first-seen order), atomically."""
+    if not rows:
+        return
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

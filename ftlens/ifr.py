@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from einops import einsum
+from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 
@@ -41,12 +41,9 @@ def head_writes(
 
     Grouped-query heads read their KV head through a broadcast (no repeated copy of ``v``).
     """
-    n_kv, n_src, d_head = v.shape
-    n_heads, _, d = w_o.shape
-    group = n_heads // n_kv
-    w = w_o.float().reshape(n_kv, group, d_head, d)
+    w = rearrange(w_o.float(), "(kv g) dh d -> kv g dh d", kv=v.shape[0])
     u = torch.matmul(v.float()[:, None], w)  # kv g src d
-    return u.reshape(n_heads, n_src, d)
+    return rearrange(u, "kv g src d -> (kv g) src d")
 
 
 def head_proximities(

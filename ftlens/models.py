@@ -120,7 +120,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
-    except (RuntimeError, TypeError) as e:
+    except (RuntimeError, TypeError):
         raise ModelLoadError(f"Unknown device {device!r}: use 'cpu', 'cuda', 'cuda:1', ...") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(

@@ -136,7 +136,6 @@ def trace(
             output_mass, unresolved = rec.output_mass, rec.unresolved
     timings["attribution"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
-    del states
     from . import __version__
 
     return Trace(

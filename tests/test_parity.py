@@ -12,7 +12,6 @@ inclusive target-token indices, ftlens' are half-open.  Threshold off on both.
 from __future__ import annotations
 
 import pytest
-import torch
 
 import ftlens
 
