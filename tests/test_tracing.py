@@ -114,3 +114,10 @@ def test_default_model_needle_is_top_prompt_token_and_no_network(default_model, 
     # the needle digits hold more mass than an average prompt token
     assert float(tr.scores[[t.pos for t in hits]].mean()) > 2 * float(tr.prompt_scores.mean())
     assert float(tr.scores.sum()) + tr.unresolved + tr.output_mass == pytest.approx(1.0, abs=1e-4)
+
+
+def test_default_model_generation_is_sensible(default_model):
+    """ftlens.generate (the path traces use when target=None) gives a real answer: a guard
+    against transformers/TransformerLens combinations whose cached generation is broken."""
+    text = ftlens.generate(default_model, "What is the capital of France?", max_new_tokens=12)
+    assert "Paris" in text, text
