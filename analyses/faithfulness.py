@@ -9,7 +9,7 @@ span and on the whole target.  Two calibration rows: ``random`` (a random orderi
 error), ``faithfulness.md`` (tables, target checks, the exact command) and ``faithfulness.png``.
 Datasets are written to ``<out>/datasets/<task>-<length>.jsonl``.
 
-Example (the committed run):  python analyses/faithfulness.py --n 20
+Full protocol (not yet run to completion; see analyses/README.md):  python analyses/faithfulness.py --n 20
 """
 
 from __future__ import annotations
@@ -170,8 +170,6 @@ def rebuild(args, cmd, out: Path) -> int:
     plot(summary, out / "faithfulness.png")
     print(f"rebuilt {out}/faithfulness.md from {args.from_csv} ({len(rows)} rows)")
     return 0
-
-
 
 
 def summarise(rows: list[dict]) -> list[dict]:

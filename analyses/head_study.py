@@ -205,8 +205,6 @@ def finish(args, cmd, out, rows, n_examples, elapsed, ks) -> int:
     return 0
 
 
-
-
 def plot(summary, path):
     import matplotlib
 

@@ -122,8 +122,6 @@ def main(argv=None) -> int:
     return 0
 
 
-
-
 def plot(summary, path):
     import matplotlib
 
