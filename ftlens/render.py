@@ -266,17 +266,6 @@ def _scale_max(trace: Trace, vals: Tensor) -> float:
     return float(sub.abs().max()) if sub.numel() and float(sub.abs().max()) > 0 else 1.0
 
 
-def _positions(trace: Trace, where: str) -> list[int]:
-    """Positions named by ``where``: ``prompt`` (user text), ``input`` (before reasoning), ``all``."""
-    if where == "prompt":
-        return trace.prompt_positions
-    if where == "input":
-        return list(range(trace.inputs_end))
-    if where == "all":
-        return list(range(len(trace.tokens)))
-    raise ValueError("where must be 'prompt', 'input' or 'all'")
-
-
 def _first_text(trace: Trace) -> int:
     """First position of the user's prompt (multi-channel views start there)."""
     pos = trace.prompt_positions
@@ -331,7 +320,7 @@ def head_grid(trace: Trace, where: str = "prompt", *, decimals: int = 4) -> View
     The page carries every head's per-token attribution (rounded); clicking renders a
     CircuitsVis ``ColoredTokens`` for that head below the grid.
     """
-    pos = _positions(trace, where)
+    pos = trace.positions(where)
     att = trace.head_attribution.float()
     mass = att[:, :, pos].sum(-1)
     vmax = float(mass.max())

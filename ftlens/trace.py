@@ -150,7 +150,8 @@ class Trace:
         """``head_attribution[layer]``: one layer's heads over source positions."""
         return self.head_attribution[layer]
 
-    def _where(self, where: str) -> list[int]:
+    def positions(self, where: str = "prompt") -> list[int]:
+        """Positions named by ``where``: ``prompt`` (user text), ``input`` (before reasoning), ``all``."""
         if where == "prompt":
             return self.prompt_positions
         if where == "input":
@@ -161,13 +162,13 @@ class Trace:
 
     def top(self, k: int = 10, where: str = "prompt") -> list[TokenScore]:
         """The ``k`` highest-scoring positions among ``where`` (prompt / input / all)."""
-        pos = self._where(where)
+        pos = self.positions(where)
         order = sorted(pos, key=lambda i: -float(self.scores[i]))[: max(0, k)]
         return [TokenScore(i, self.tokens[i], self.roles[i], float(self.scores[i])) for i in order]
 
     def top_heads(self, k: int = 10, where: str = "prompt") -> list[HeadScore]:
         """(layer, head) pairs ranked by the attribution they carry to ``where`` positions."""
-        pos = self._where(where)
+        pos = self.positions(where)
         per_head = self.head_attribution[:, :, pos].sum(-1)
         flat = per_head.flatten()
         order = torch.argsort(flat, descending=True)[: max(0, k)]
