@@ -7,9 +7,10 @@ span and on the whole target.  Two calibration rows: ``random`` (a random orderi
 ``evidence-first`` (evidence tokens deleted first).  Outputs under --out:
 ``faithfulness.csv`` (per example x method), ``faithfulness_summary.csv`` (mean, standard
 error), ``faithfulness.md`` (tables, target checks, the exact command) and ``faithfulness.png``.
-Datasets are written to ``<out>/datasets/<task>-<length>.jsonl``.
+(``--name`` changes the stem.)  Datasets are written to ``<out>/datasets/<task>-<length>.jsonl``.
 
-Full protocol (not yet run to completion; see analyses/README.md):  python analyses/faithfulness.py --n 20
+Full protocol:  python analyses/faithfulness.py --n 20   (all methods, 6 tasks, needles to 4k: too slow
+for a 2-core CPU; analyses/README.md lists the runs actually committed and their exact commands)
 """
 
 from __future__ import annotations
@@ -27,7 +28,11 @@ from ftlens import baselines as B
 from ftlens import evaluate as E
 from ftlens import tasks as T
 
-FTLENS = ["ifr-tokenwise", "ifr-span", "flashtrace-h0", "flashtrace-h1", "flashtrace-h2", "flashtrace-h3"]
+FTLENS_OUTPUT = ["ifr-tokenwise", "ifr-span", "flashtrace-h0", "flashtrace-h1", "flashtrace-h2", "flashtrace-h3"]
+# explain="target": hop 0 over reasoning + answer (what the whole-target metric scores)
+FTLENS_TARGET = ["ifr-tokenwise-target", "ifr-span-target", "flashtrace-target-h0", "flashtrace-target-h1",
+                 "flashtrace-target-h2", "flashtrace-target-h3"]
+FTLENS = FTLENS_OUTPUT + FTLENS_TARGET
 ALL_METHODS = list(B.BASELINES) + FTLENS + ["reference"]
 CALIB = ["random", "evidence-first"]
 CHAIN_TASKS = ("vartrack", "twohop", "arith")
@@ -49,8 +54,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ig-baseline", choices=["zero", "eos"], default="zero")
     p.add_argument("--occlusion-max", type=int, default=600, help="skip occlusion above this many prompt tokens")
     p.add_argument("--no-insertion", action="store_true", help="skip insertion curves (halves the cost)")
+    p.add_argument("--mask-punct", action="store_true",
+                   help="zero the scores of ',' '.' and whitespace-only tokens for every method before ranking "
+                        "(the mask the reference package applies inside its own method); calibration rows unmasked")
+    p.add_argument("--recovery-only", action="store_true",
+                   help="no perturbation curves: only Recovery and seconds (for long needles, where curves cost "
+                        "(k+1) forward passes per method)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="analyses/results")
+    p.add_argument("--name", default="faithfulness", help="file stem of the outputs (default faithfulness)")
     p.add_argument("--quick", action="store_true", help="CI smoke run: 2 examples, short prompts, k=5")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--from-csv", default=None,
@@ -87,11 +99,13 @@ def method_scores(model, ex, seq, fmt, methods, args, fill):
                 errors[name] = f"{type(exc).__name__}: {exc}"
                 continue
             out[name] = (s, time.perf_counter() - t0)
-    wanted = [m for m in methods if m in FTLENS]
-    if wanted:
-        hops_max = max([int(m[-1]) for m in wanted if m.startswith("flashtrace-h")] + [0])
+    for explain, family in (("output", FTLENS_OUTPUT), ("target", FTLENS_TARGET)):
+        wanted = [m for m in methods if m in family]
+        if not wanted:
+            continue
+        hops_max = max([int(m[-1]) for m in wanted if m.startswith("flashtrace")] + [0])
         fam = B.ftlens_scores(model, ex["prompt"], ex["target"], seq, hops_max=hops_max,
-                              tokenwise="ifr-tokenwise" in wanted)
+                              tokenwise=family[0] in wanted, explain=explain)
         for m in wanted:
             out[m] = fam[m][:2]
     if "reference" in methods:
@@ -119,36 +133,49 @@ def main(argv: list[str] | None = None) -> int:
         lengths = args.lengths if task.startswith("needle") else [args.chain_length]
         for length in lengths:
             exs = T.make_examples(task, tok, args.n, length, seed=args.seed)
-            T.write_jsonl(exs, out / "datasets" / f"{task}-{length}.jsonl")
+            T.write_jsonl(exs, out / "datasets" / f"{task}-{length}{T.seed_tag(args.seed)}.jsonl")
             jobs += [(f"{task}@{length}", ex) for ex in exs]
     from tqdm.auto import tqdm
 
     rows, errors = [], {}
-    per_ex = out / "faithfulness.csv"
+    per_ex = out / f"{args.name}.csv"
     t_start = time.perf_counter()
     bar = tqdm(jobs, desc="faithfulness", disable=args.no_progress)
     for label, ex in bar:
         bar.set_postfix_str(label)
         seq, case, fmt = T.build_case(model, ex)
-        sc = E.Scorer(model, case, fill=fill, k=args.k, insertion=not args.no_insertion)
+        sc = None if args.recovery_only else E.Scorer(model, case, fill=fill, k=args.k, insertion=not args.no_insertion)
         scores, errs = method_scores(model, ex, seq, fmt, args.methods, args, fill)
         for m, e in errs.items():
             errors.setdefault((label, m), e)
         if case.evidence:
             scores["evidence-first"] = (torch.zeros(seq.n).index_put_(
                 (torch.tensor(case.prompt_pos)[case.evidence],), torch.tensor(1.0)), 0.0)
+        punct = punct_mask(tok, seq.ids) if args.mask_punct else None
         for m, (s, secs) in scores.items():
-            met = sc.evaluate(s[case.prompt_pos].float(), pct=args.pct)
+            if punct is not None and m not in CALIB:
+                s = s.float().masked_fill(punct.to(s.device), 0.0)
+            if sc is not None:
+                met = sc.evaluate(s[case.prompt_pos].float(), pct=args.pct)
+            else:
+                met = {m: float("nan") for m in METRICS if m not in ("recovery", "seconds")}
+                met["recovery"] = E.recovery(s[case.prompt_pos].float(), case.evidence, args.pct) \
+                    if case.evidence else float("nan")
             rows.append({"task": label, "id": ex["id"], "method": m, **met, "seconds": secs,
                          "n_prompt_tokens": len(case.prompt_pos), "n_evidence": len(case.evidence)})
         E.write_csv(per_ex, rows)
     elapsed = time.perf_counter() - t_start
     summary = summarise(rows)
-    E.write_csv(out / "faithfulness_summary.csv", summary)
-    (out / "faithfulness.md").write_text(report(summary, rows, errors, args, cmd, elapsed, fill, tok), encoding="utf-8")
-    plot(summary, out / "faithfulness.png")
-    print(f"wrote {out}/faithfulness.md ({len(rows)} rows, {elapsed:.0f} s)")
+    E.write_csv(out / f"{args.name}_summary.csv", summary)
+    (out / f"{args.name}.md").write_text(report(summary, rows, errors, args, cmd, elapsed, fill, tok), encoding="utf-8")
+    plot(summary, out / f"{args.name}.png")
+    print(f"wrote {out}/{args.name}.md ({len(rows)} rows, {elapsed:.0f} s)")
     return 0
+
+
+def punct_mask(tok, ids: torch.Tensor) -> torch.Tensor:
+    """True where the token decodes to ',' or '.' (surrounding spaces allowed) or to whitespace only."""
+    return torch.tensor([tok.decode([int(i)]).strip() in ("", ",", ".") for i in ids.tolist()])
 
 
 def rebuild(args, cmd, out: Path) -> int:
@@ -163,12 +190,12 @@ def rebuild(args, cmd, out: Path) -> int:
                 d[m] = float(d[m]) if d.get(m) not in (None, "") else float("nan")
             rows.append(d)
     summary = summarise(rows)
-    E.write_csv(out / "faithfulness_summary.csv", summary)
+    E.write_csv(out / f"{args.name}_summary.csv", summary)
     tok = default_tokenizer_for(args.model)
     fill = E.default_fill(tok)
-    (out / "faithfulness.md").write_text(report(summary, rows, {}, args, cmd, float("nan"), fill, tok), encoding="utf-8")
-    plot(summary, out / "faithfulness.png")
-    print(f"rebuilt {out}/faithfulness.md from {args.from_csv} ({len(rows)} rows)")
+    (out / f"{args.name}.md").write_text(report(summary, rows, {}, args, cmd, float("nan"), fill, tok), encoding="utf-8")
+    plot(summary, out / f"{args.name}.png")
+    print(f"rebuilt {out}/{args.name}.md from {args.from_csv} ({len(rows)} rows)")
     return 0
 
 
@@ -205,28 +232,31 @@ def checks(summary: list[dict]) -> list[list[str]]:
     tasks = sorted({d["task"] for d in summary})
     lines = []
     for t in tasks:
-        d = by.get((t, "flashtrace-h1"))
-        if d is None:
-            continue
-        if t.startswith("needle"):
-            r = d["recovery"]
-            lines.append([f"{t}: flashtrace-h1 Recovery@10% >= 0.9", f"{r:.3f}", "met" if r >= 0.9 else "MISSED"])
-        for v in ("target", "answer"):
-            key = f"rise_{v}"
-            others = {m: by[(t, m)][key] for (tt, m) in by if tt == t and m not in FTLENS + ["evidence-first"]}
-            if not others:
+        for fam in ("flashtrace", "flashtrace-target"):
+            d = by.get((t, f"{fam}-h1"))
+            if d is None:
                 continue
-            best = min(others, key=others.get)
-            ok = d[key] < others[best]
-            lines.append([f"{t}: RISE({v}) flashtrace-h1 < every baseline + reference",
-                          f"{d[key]:.3f} vs best other {best} {others[best]:.3f}", "met" if ok else "MISSED"])
-        h0 = by.get((t, "flashtrace-h0"))
-        if h0 is not None and t.split("@")[0] in CHAIN_TASKS:
-            ok_r = d["recovery"] > h0["recovery"]
-            ok_s = d["rise_target"] < h0["rise_target"]
-            lines.append([f"{t}: hops=1 beats hops=0 (Recovery, RISE target)",
-                          f"Rec {d['recovery']:.3f} vs {h0['recovery']:.3f}; RISE {d['rise_target']:.3f} vs {h0['rise_target']:.3f}",
-                          "met" if ok_r and ok_s else "MISSED"])
+            if t.startswith("needle"):
+                r = d["recovery"]
+                lines.append([f"{t}: {fam}-h1 Recovery@10% >= 0.9", f"{r:.3f}", "met" if r >= 0.9 else "MISSED"])
+            for v in ("target", "answer"):
+                key = f"rise_{v}"
+                others = {m: by[(t, m)][key] for (tt, m) in by
+                          if tt == t and m not in FTLENS + ["evidence-first"] and by[(t, m)][key] == by[(t, m)][key]}
+                if not others or d[key] != d[key]:
+                    continue
+                best = min(others, key=others.get)
+                ok = d[key] < others[best]
+                lines.append([f"{t}: RISE({v}) {fam}-h1 < every baseline + reference",
+                              f"{d[key]:.3f} vs best other {best} {others[best]:.3f}", "met" if ok else "MISSED"])
+            h0 = by.get((t, f"{fam}-h0"))
+            if h0 is not None and t.split("@")[0] in CHAIN_TASKS and d["rise_target"] == d["rise_target"]:
+                ok_r = d["recovery"] > h0["recovery"]
+                ok_s = d["rise_target"] < h0["rise_target"]
+                lines.append([f"{t}: {fam} hops=1 beats hops=0 (Recovery, RISE target)",
+                              f"Rec {d['recovery']:.3f} vs {h0['recovery']:.3f}; "
+                              f"RISE {d['rise_target']:.3f} vs {h0['rise_target']:.3f}",
+                              "met" if ok_r and ok_s else "MISSED"])
     return lines
 
 
@@ -239,7 +269,10 @@ def report(summary, rows, errors, args, cmd, elapsed, fill, tok) -> str:
         "",
         f"Model: {args.model or 'default (SmolLM2-135M-Instruct)'}; {n_ex} examples; k = {args.k} deletion groups; "
         f"replacement token id {fill} ({tok.decode([fill])!r}); Recovery@{args.pct:g}%; IG {args.ig_steps} steps, "
-        f"{args.ig_baseline} baseline; occlusion up to {args.occlusion_max} prompt tokens; wall time {elapsed:.0f} s.",
+        f"{args.ig_baseline} baseline; occlusion up to {args.occlusion_max} prompt tokens; wall time {elapsed:.0f} s."
+        + (" Punctuation mask ON: ',' '.' and whitespace-only tokens get score 0 for every method (not the "
+           "calibration rows) before ranking." if getattr(args, "mask_punct", False) else "")
+        + (" Recovery only (no perturbation curves)." if getattr(args, "recovery_only", False) else ""),
         "Targets are teacher-forced reference chains (`<think>...</think>` + an answer line).",
         "RISE / MAS: lower is better; insertion AUC and Recovery: higher is better. `answer` scores log p of the "
         "answer span only, `target` of the whole target (reasoning + answer). Mean ± standard error over examples. "
@@ -255,7 +288,7 @@ def report(summary, rows, errors, args, cmd, elapsed, fill, tok) -> str:
             [d["method"], _fmt(d, "rise_target"), _fmt(d, "rise_answer"), _fmt(d, "mas_target"),
              _fmt(d, "mas_answer"), _fmt(d, "ins_target"), _fmt(d, "ins_answer"), _fmt(d, "recovery"),
              _fmt(d, "seconds"), d["n"]] for d in ds]), ""]
-    parts += ["## Target checks (flashtrace = flashtrace-h1)", "",
+    parts += ["## Target checks", "",
               E.markdown_table(["target", "value", "status"], checks(summary)), ""]
     if errors:
         parts += ["## Skipped", ""]

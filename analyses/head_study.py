@@ -2,8 +2,12 @@
 """Per-head causal check: ablate the top-k heads by ftlens span share and measure the answer.
 
 For every example: one flashtrace trace (hops=1) ranks (layer, head) by the attribution it
-carries to user-prompt tokens (``Trace.top_heads(where="prompt")``, the mass-weighted per-head
-shares).  Two comparison rankings: k random heads (seeded per example) and the top-k heads by
+carries to user-prompt tokens, in two ways: ``ftlens`` = ``Trace.top_heads(where="prompt")``
+(the mass-weighted per-layer shares, spec section 4) and ``ftlens-route`` =
+``Trace.top_heads(where="prompt", weighting="route")`` (each layer's shares times its route
+weight, the share of the span's final residual stream that layer's attention output still is).
+Two comparison rankings: k random heads (``--random-draws`` seeded draws per example, their
+drops averaged) and the top-k heads by
 attention mass on the evidence (mean over the answer rows of the post-softmax attention summed
 over evidence tokens).  Each head set is ablated at every position by replacing the head's
 output ``z`` (the input of ``W_O``, hook ``blocks.{l}.attn.o.hook_in`` = ``hook_z``) with zeros
@@ -30,7 +34,7 @@ from ftlens import evaluate as E
 from ftlens import tasks as T
 from ftlens.capture import temporary_hooks
 
-RANKINGS = ("ftlens", "random", "attention")
+RANKINGS = ("ftlens", "ftlens-route", "random", "attention")
 
 
 def parse(argv=None):
@@ -41,6 +45,8 @@ def parse(argv=None):
     p.add_argument("--n", type=int, default=20, help="examples per task")
     p.add_argument("--ks", nargs="+", type=int, default=[1, 2, 3, 5, 10, 20])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--random-draws", type=int, default=5,
+                   help="random head sets per example and k; their drops are averaged (default 5)")
     p.add_argument("--out", default="analyses/results")
     p.add_argument("--quick", action="store_true", help="CI smoke run: 1 example, short prompts")
     p.add_argument("--no-progress", action="store_true")
@@ -133,7 +139,7 @@ def main(argv=None) -> int:
     jobs = []
     for task in args.tasks:
         exs = T.make_examples(task, tok, args.n, args.length, seed=args.seed)
-        T.write_jsonl(exs, out / "datasets" / f"head-{task}-{args.length}.jsonl")
+        T.write_jsonl(exs, out / "datasets" / f"head-{task}-{args.length}{T.seed_tag(args.seed)}.jsonl")
         jobs += [(task, ex) for ex in exs]
     from tqdm.auto import tqdm
 
@@ -146,13 +152,14 @@ def main(argv=None) -> int:
         zmean, mass = clean_pass(model, seq.ids, seq.output, ev_pos)
         order = {
             "ftlens": [(h.layer, h.head) for h in tr.top_heads(L * H, where="prompt")],
+            "ftlens-route": [(h.layer, h.head) for h in tr.top_heads(L * H, where="prompt", weighting="route")],
             "attention": [(int(x) // H, int(x) % H) for x in torch.argsort(mass.flatten(), descending=True)],
         }
-        rng = random.Random(f"{args.seed}:{ex['id']}")
         allh = [(l, h) for l in range(L) for h in range(H)]
-        order["random"] = rng.sample(allh, len(allh))
+        for d in range(args.random_draws):
+            order[f"random{d}"] = random.Random(f"{args.seed}:{ex['id']}:{d}").sample(allh, len(allh))
         masks, means, labels = [torch.zeros(L, H, dtype=torch.bool)], [zmean], [("clean", "-", 0)]
-        for rk in RANKINGS:
+        for rk in order:
             for k in ks:
                 m = torch.zeros(L, H, dtype=torch.bool)
                 for l, h in order[rk][:k]:
@@ -163,10 +170,13 @@ def main(argv=None) -> int:
                     labels.append((rk, mode, k))
         lp = ablated_logprobs(model, seq.ids, seq.prompt_len, seq.output, masks, means)
         clean = float(lp[0])
+        drops: dict[tuple, list[float]] = {}
         for (rk, mode, k), v in zip(labels[1:], lp[1:].tolist()):
+            drops.setdefault(("random" if rk.startswith("random") else rk, mode, k), []).append(clean - v)
+        for (rk, mode, k), d in drops.items():
+            heads = "" if rk == "random" else ";".join(f"L{l}H{h}" for l, h in order[rk][:k])
             rows.append({"task": task, "id": ex["id"], "ranking": rk, "mode": mode, "k": k,
-                         "drop": clean - v, "clean_logprob": clean,
-                         "top_heads": ";".join(f"L{l}H{h}" for l, h in order[rk][:k])})
+                         "drop": sum(d) / len(d), "clean_logprob": clean, "top_heads": heads})
         E.write_csv(out / "head_study.csv", rows)
     elapsed = time.perf_counter() - t_start
     return finish(args, cmd, out, rows, len(jobs), elapsed, ks)
@@ -184,25 +194,49 @@ def finish(args, cmd, out, rows, n_examples, elapsed, ks) -> int:
     by = {(d["ranking"], d["mode"], d["k"]): d for d in summary}
     checks = []
     if 5 in ks:
-        for mode in ("zero", "mean"):
-            f, r = by[("ftlens", mode, 5)]["drop"], by[("random", mode, 5)]["drop"]
-            ratio = f / r if r > 0 else float("nan")
-            checks.append([f"top-5 ftlens vs 5 random heads, {mode}-ablation: drop ratio >= 3",
-                           f"{f:.3f} / {r:.3f} = {ratio:.2f}",
-                           "met" if r > 0 and f >= 3 * r else
-                           ("MISSED" if r > 0 else "undefined (random drop <= 0)")])
+        for rk in ("ftlens", "ftlens-route"):
+            for mode in ("zero", "mean"):
+                if (rk, mode, 5) not in by:
+                    continue
+                f, r = by[(rk, mode, 5)]["drop"], by[("random", mode, 5)]["drop"]
+                diff, diff_se = paired_difference(rows, rk, mode, 5)
+                value = (f"{f:.3f} / {r:.3f} = {f / r:.2f}" if r > 0 else f"{f:.3f} vs {r:.3f} (ratio undefined)") \
+                    + f"; paired difference {diff:.3f} ± {diff_se:.3f}"
+                if r > 0:
+                    status = "met" if f >= 3 * r else "MISSED"
+                else:  # random heads do not lower the answer on average: f >= 3r holds for any f >= 0
+                    status = ("met: random drop <= 0, ftlens drop > 0 by > 3 s.e. of the paired difference"
+                              if f > 0 and diff > 3 * diff_se else "MISSED")
+                checks.append([f"top-5 {rk} vs 5 random heads, {mode}-ablation: drop >= 3x random", value, status])
     md = ["# Head study: ablating the heads ftlens ranks highest", "", f"Command: `{cmd}`", "",
           f"Model: {args.model or 'default (SmolLM2-135M-Instruct)'}; {n_examples} examples "
           f"({', '.join(args.tasks)} at {args.length} prompt tokens, teacher-forced targets); wall time {elapsed:.0f} s. "
           "Drop = log p(answer | clean) - log p(answer | ablated), summed over answer tokens, mean ± standard error "
-          "(positive = the ablation hurts the answer).", ""]
+          f"(positive = the ablation hurts the answer); `random` = the mean over {args.random_draws} random head sets "
+          "per example; `ftlens` ranks by per-layer shares, `ftlens-route` by route-weighted shares.", ""]
     md.append(E.markdown_table(["mode", "ranking", "k", "drop", "n"], [
         [d["mode"], d["ranking"], d["k"], f"{d['drop']:.3f} ± {d['drop_se']:.3f}", d["n"]] for d in summary]))
+    by_task: dict[tuple, list[float]] = {}
+    for r in rows:
+        if r["k"] == 5:
+            by_task.setdefault((r["task"], r["mode"], r["ranking"]), []).append(r["drop"])
+    if by_task:
+        md += ["", "## k = 5 by task", "", E.markdown_table(["task", "mode", "ranking", "drop", "n"], [
+            [t, mode, rk, "{:.3f} ± {:.3f}".format(*E.mean_se(v)[:2]), len(v)]
+            for (t, mode, rk), v in sorted(by_task.items())])]
     md += ["", "## Target check", "", E.markdown_table(["target", "value", "status"], checks), ""]
     (out / "head_study.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     plot(summary, out / "head_study.png")
     print(f"wrote {out}/head_study.md ({len(rows)} rows, {elapsed:.0f} s)")
     return 0
+
+
+def paired_difference(rows, ranking: str, mode: str, k: int) -> tuple[float, float]:
+    """Mean and standard error over examples of ``drop(ranking) - drop(random)`` at ``k``."""
+    by = {(r["id"], r["ranking"]): r["drop"] for r in rows if r["mode"] == mode and r["k"] == k}
+    d = [by[(i, ranking)] - by[(i, "random")] for (i, rk) in by if rk == ranking and (i, "random") in by]
+    mu, se, _ = E.mean_se(d)
+    return mu, se
 
 
 def plot(summary, path):

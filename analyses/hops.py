@@ -36,6 +36,8 @@ def parse(argv=None):
     p.add_argument("--chain-length", type=int, default=256, help="prompt tokens of the vartrack prompts")
     p.add_argument("--needle-length", type=int, default=512)
     p.add_argument("--needle-tasks", nargs="*", default=["needle_single", "needle_multikey"])
+    p.add_argument("--chain-tasks", nargs="*", default=["twohop", "arith"],
+                   help="other reasoning tasks, at --chain-length prompt tokens")
     p.add_argument("--n", type=int, default=20, help="examples per setting")
     p.add_argument("--pct", type=float, default=10.0)
     p.add_argument("--seed", type=int, default=0)
@@ -66,11 +68,15 @@ def main(argv=None) -> int:
     jobs = []
     for c in args.chains:
         exs = T.make_examples("vartrack", tok, args.n, args.chain_length, seed=args.seed, chain_len=c)
-        T.write_jsonl(exs, out / "datasets" / f"hops-vartrack-chain{c}-{args.chain_length}.jsonl")
+        T.write_jsonl(exs, out / "datasets" / f"hops-vartrack-chain{c}-{args.chain_length}{T.seed_tag(args.seed)}.jsonl")
         jobs += [(f"vartrack chain={c}", c, ex) for ex in exs]
+    for task in args.chain_tasks:
+        exs = T.make_examples(task, tok, args.n, args.chain_length, seed=args.seed)
+        T.write_jsonl(exs, out / "datasets" / f"{task}-{args.chain_length}{T.seed_tag(args.seed)}.jsonl")
+        jobs += [(f"{task}@{args.chain_length}", 0, ex) for ex in exs]
     for task in args.needle_tasks:
         exs = T.make_examples(task, tok, args.n, args.needle_length, seed=args.seed)
-        T.write_jsonl(exs, out / "datasets" / f"{task}-{args.needle_length}.jsonl")
+        T.write_jsonl(exs, out / "datasets" / f"{task}-{args.needle_length}{T.seed_tag(args.seed)}.jsonl")
         jobs += [(f"{task}@{args.needle_length}", 0, ex) for ex in exs]
     from tqdm.auto import tqdm
 
@@ -81,10 +87,14 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         tr = ftlens.trace(model, ex["prompt"], ex["target"], hops=args.hops)
         secs = time.perf_counter() - t0
+        reg = regions(model, ex, tr, case)
         cum = torch.zeros_like(tr.scores)
         for k, h in enumerate(tr.hops):
             cum = cum + h.scores
-            rows.append({
+            total = float(h.scores.sum())
+            where = {f"to_{name}": (float(h.scores[m].sum()) / total if total > 0 else float("nan"))
+                     for name, m in reg.items()}
+            rows.append({**where,
                 "setting": label, "chain": chain, "id": ex["id"], "hop": k,
                 "reasoning_tokens": (tr.reasoning[1] - tr.reasoning[0]) if tr.reasoning else 0,
                 "thinking_ratio": h.thinking_ratio, "input_mass": float(cum.sum()),
@@ -101,7 +111,7 @@ def main(argv=None) -> int:
     for (setting, hop), rs in groups.items():
         d = {"setting": setting, "hop": hop, "n": len(rs),
              "reasoning_tokens": sum(r["reasoning_tokens"] for r in rs) / len(rs)}
-        for m in ("thinking_ratio", "input_mass", "output_mass", "recovery"):
+        for m in ("thinking_ratio", "input_mass", "output_mass", "recovery") + REGION_COLS:
             mu, se, _ = E.mean_se([r[m] for r in rs])
             d[m], d[m + "_se"] = mu, se
         summary.append(d)
@@ -116,10 +126,42 @@ def main(argv=None) -> int:
         [d["setting"], f"{d['reasoning_tokens']:.0f}", d["hop"], f"{d['thinking_ratio']:.3f} ± {d['thinking_ratio_se']:.3f}",
          f"{d['input_mass']:.3f} ± {d['input_mass_se']:.3f}", f"{d['recovery']:.3f} ± {d['recovery_se']:.3f}", d["n"]]
         for d in summary]))
+    md += ["", "## Where each hop's input mass lands", "",
+           "Fractions of hop k's own contribution (`c_k p_k` on input tokens): chat template, the question "
+           "(the prompt's last line), the evidence tokens, the rest of the prompt. Mean over examples.", ""]
+    md.append(E.markdown_table(["setting", "hop", "template", "question", "evidence", "other prompt"], [
+        [d["setting"], d["hop"]] + [f"{d[c]:.3f}" for c in REGION_COLS] for d in summary]))
     (out / "hops.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     plot(summary, out / "hops.png")
     print(f"wrote {out}/hops.md ({len(rows)} rows, {elapsed:.0f} s)")
     return 0
+
+
+REGION_COLS = ("to_template", "to_question", "to_evidence", "to_other")
+
+
+def regions(model, ex, tr, case) -> dict[str, torch.Tensor]:
+    """Position masks: template (every input position outside the user prompt), question (prompt
+    tokens on the prompt's last line), evidence (the case's evidence tokens), other (the rest)."""
+    from ftlens.spans import format_prompt
+
+    n = len(tr.tokens)
+    prompt = torch.zeros(n, dtype=torch.bool)
+    prompt[case.prompt_pos] = True
+    evidence = torch.zeros(n, dtype=torch.bool)
+    evidence[[case.prompt_pos[j] for j in case.evidence]] = True
+    question = torch.zeros(n, dtype=torch.bool)
+    q0 = ex["prompt"].rfind("\n")
+    if q0 >= 0:
+        formatted, special = format_prompt(model.tokenizer, ex["prompt"], None)
+        c0 = formatted.rfind(ex["prompt"])
+        offsets = model.tokenizer(formatted, add_special_tokens=special, return_offsets_mapping=True)["offset_mapping"]
+        for pos in case.prompt_pos:
+            if offsets[pos][0] - c0 > q0:
+                question[pos] = True
+    inputs = torch.arange(n) < tr.inputs_end
+    return {"template": inputs & ~prompt, "question": question & ~evidence, "evidence": evidence,
+            "other": prompt & ~question & ~evidence}
 
 
 def plot(summary, path):

@@ -237,33 +237,37 @@ def plain_hf(model: Any) -> Any:
 
 def ftlens_scores(
     model: Any, prompt: str, target: str, seq: Sequence, *, hops_max: int = 3, tokenwise: bool = True,
-    chat_template: bool | None = None,
+    chat_template: bool | None = None, explain: str = "output",
 ) -> dict[str, tuple[Tensor, float, Any]]:
     """ftlens methods from two traces: ``ifr-tokenwise`` and one ``flashtrace`` trace with
     ``hops_max`` hops, from which ``flashtrace-h{k}`` (``F`` after ``k`` hops = sum of the first
     ``k + 1`` hop contributions) and ``ifr-span`` (hop 0's raw scores ``r(s)``) are read.
 
     Returns ``name -> (scores[pos], seconds, trace)``; seconds for hop ``k`` are the capture time
-    plus ``(k + 1) / (hops_max + 1)`` of the attribution time (one span pass per hop).
+    plus ``(k + 1) / (hops_max + 1)`` of the attribution time (one span pass per hop).  With
+    ``explain="target"`` (hop 0 over reasoning + answer) the names carry a ``-target`` suffix
+    after the family: ``ifr-tokenwise-target``, ``ifr-span-target``, ``flashtrace-target-h{k}``.
     """
     from .tracing import trace
 
     out: dict[str, tuple[Tensor, float, Any]] = {}
+    sfx = "" if explain == "output" else f"-{explain}"
     if tokenwise:
         t0 = time.perf_counter()
-        tw = trace(model, prompt, target, method="ifr-tokenwise", chat_template=chat_template)
+        tw = trace(model, prompt, target, method="ifr-tokenwise", chat_template=chat_template, explain=explain)
         _check_ids(tw, seq)
-        out["ifr-tokenwise"] = (tw.scores, time.perf_counter() - t0, tw)
-    tr = trace(model, prompt, target, method="flashtrace", hops=hops_max, chat_template=chat_template)
+        out[f"ifr-tokenwise{sfx}"] = (tw.scores, time.perf_counter() - t0, tw)
+    tr = trace(model, prompt, target, method="flashtrace", hops=hops_max, chat_template=chat_template,
+               explain=explain)
     _check_ids(tr, seq)
     cap, att = tr.timings.get("capture", 0.0), tr.timings.get("attribution", 0.0)
     h0 = tr.hops[0]
     raw0 = h0.scores * h0.norm  # hop 0 contribution = r(s) / sum r on inputs
-    out["ifr-span"] = (raw0, cap + att / (hops_max + 1), tr)
+    out[f"ifr-span{sfx}"] = (raw0, cap + att / (hops_max + 1), tr)
     cum = torch.zeros_like(tr.scores)
     for k, h in enumerate(tr.hops):
         cum = cum + h.scores
-        out[f"flashtrace-h{k}"] = (cum.clone(), cap + att * (k + 1) / (hops_max + 1), tr)
+        out[f"flashtrace{sfx}-h{k}"] = (cum.clone(), cap + att * (k + 1) / (hops_max + 1), tr)
     return out
 
 

@@ -245,7 +245,7 @@ def run_cli(args: argparse.Namespace) -> int:
         if not model:  # load lazily: a finished --resume run needs no model
             model.append(_load(args))
         return ftlens.trace(
-            model[0], r.prompt, r.target, output=r.output, reasoning=r.reasoning, hops=args.hops,
+            model[0], r.prompt, r.target, output=r.output, reasoning=r.reasoning, hops=args.hops, explain=args.explain,
             method=args.method, threshold=args.threshold, chat_template=chat_template,
             max_new_tokens=args.max_new_tokens, progress=False,
         )

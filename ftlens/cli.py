@@ -182,6 +182,7 @@ def _cmd_trace(args: argparse.Namespace) -> int:
         reasoning=reasoning,
         hops=args.hops,
         method=args.method,
+        explain=args.explain,
         threshold=args.threshold,
         chat_template=chat_template,
         progress=not args.no_progress,
@@ -288,6 +289,8 @@ def _method_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("attribution")
     g.add_argument("--method", default="flashtrace", help="flashtrace (default), ifr-span or ifr-tokenwise")
     g.add_argument("--hops", type=int, default=1, help="recursion hops through the reasoning span (flashtrace; default 1)")
+    g.add_argument("--explain", choices=["output", "target"], default="output",
+                   help="what hop 0 explains: output = the answer span (default), target = reasoning + answer")
     g.add_argument("--threshold", type=float, default=None, help="zero normalised per-layer shares below this, in [0, 1)")
     g.add_argument("--max-new-tokens", type=_positive_int, default=128, help="tokens to generate when there is no target (default 128)")
     g.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text, without the chat template")

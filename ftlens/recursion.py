@@ -6,6 +6,7 @@ none).  Tokens between the reasoning span and the output (``</think>``, newlines
 are recursed with the reasoning: they are neither input nor answer.
 
     hop 0:  v0 = span(O, uniform),            p0 = v0 / sum v0
+            (explain="target": v0 = span([r0, o1), uniform), the whole target)
             F  = p0[inputs],   mu0 = p0[pending],   output mass = sum p0[O]
     hop k:  vk = span(pending, weights mu_{k-1}),   pk = vk / sum vk
             F += |mu_{k-1}| pk[inputs],   mu_k = |mu_{k-1}| pk[pending]
@@ -25,6 +26,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .aggregate import SpanShares
+
+
+EXPLAIN = ("output", "target")
 
 
 @dataclass
@@ -63,8 +67,17 @@ def recurse(
     output: tuple[int, int],
     reasoning: tuple[int, int] | None,
     hops: int,
+    explain: str = "output",
 ) -> Recursion:
-    """Run hops 0..K.  ``span_fn(weights over tracked rows [row_start, n_pos))`` -> shares."""
+    """Run hops 0..K.  ``span_fn(weights over tracked rows [row_start, n_pos))`` -> shares.
+
+    ``explain`` names what hop 0 explains: ``"output"`` (the answer span ``O``, spec section 4)
+    or ``"target"`` (every target token from the reasoning start to the answer end,
+    ``[r0, o1)``, uniform weights: what a whole-target faithfulness metric scores).  In both
+    cases the mass hop 0 puts on pending tokens is recursed and the mass on ``O`` is reported.
+    """
+    if explain not in EXPLAIN:
+        raise ValueError(f"explain must be one of {', '.join(EXPLAIN)}, got {explain!r}")
     r0 = reasoning[0] if reasoning is not None else output[0]
     pos = torch.arange(n_pos)
     inputs = pos < r0
@@ -72,7 +85,8 @@ def recurse(
     n_rows = n_pos - row_start
 
     w = torch.zeros(n_rows)
-    w[output[0] - row_start : output[1] - row_start] = 1.0 / (output[1] - output[0])
+    first = output[0] if explain == "output" else r0
+    w[first - row_start : output[1] - row_start] = 1.0 / (output[1] - first)
     shares = span_fn(w)
     v = shares.scores.cpu()
     norm = float(v.sum())

@@ -301,8 +301,8 @@ def head_channels(trace: Trace, k: int = 8, where: str = "prompt") -> View:
     cols = torch.stack([att[h.layer, h.head].float() for h in heads], 1)
     labels = [f"L{h.layer}H{h.head}" for h in heads]
     return View(
-        [_h(f"Top-{len(heads)} heads"), _note("One channel per (layer, head), ranked by mass on "
-                                              f"{where} tokens."),
+        [_h(f"Top-{len(heads)} heads"), _note("One channel per (layer, head), ranked by route-weighted mass "
+                                              f"on {where} tokens (Trace.top_heads); values: head_attribution."),
          _multi(trace, cols, labels, trace.inputs_end)],
         "Top heads",
     )

@@ -203,6 +203,11 @@ MAKERS: dict[str, Callable[[Any, random.Random, int], dict[str, Any]]] = {
 }
 
 
+def seed_tag(seed: int) -> str:
+    """Dataset file-name suffix for a seed: '' for the default seed 0, else '-seed{seed}'."""
+    return f"-seed{seed}" if seed else ""
+
+
 def make_examples(task: str, tokenizer: Any, n: int, length: int, seed: int = 0, **kw: Any) -> list[dict[str, Any]]:
     """``n`` examples of ``task`` at ``length`` prompt tokens; seed = ``seed`` + example index.
 

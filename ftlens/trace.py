@@ -136,14 +136,48 @@ class Trace:
 
         flashtrace: ``sum_k c_k / sum(v_k) * e_k`` on input positions; ifr methods: ``e``.
         """
+        return self._heads(routed=False)
+
+    @property
+    def head_attribution_routed(self) -> Float[Tensor, "layer head pos"]:
+        """``head_attribution`` with each hop's layer ``l`` weighted by its route weight ``w_k[l]``.
+
+        flashtrace: ``sum_k c_k / sum(v_k) * w_k[l] * e_k[l, h, s]`` on input positions; ifr
+        methods: ``w[l] * e[l, h, s]`` (see :meth:`route_weights`).  Per-layer shares ``e``
+        say how much of *that layer's* update a head wrote; the route weight says how much of
+        the span's final residual stream that layer's attention output still is, so this view
+        ranks heads by their share of what reaches the output.  It does not sum to ``scores``.
+        """
+        return self._heads(routed=True)
+
+    def route_weights(self, hop: int = 0) -> Float[Tensor, " layer"]:
+        """Route weight of each layer's attention output ``b[l]`` to the span's final residual.
+
+        ``w[l] = (1 - mlp[l]) * prod_{l' > l} residual[l'] * (1 - mlp[l'])``: the product of
+        proximity shares along the pure residual path from ``b[l]`` to the last block output
+        (``1 - mlp[l]`` is the share of ``b[l]`` in ``c[l] = b[l] + m[l]``; ``residual[l']`` the
+        share of ``a[l'] = c[l'-1]`` in ``b[l']``), i.e. the Information-Flow-Routes importance
+        of that path, all in ``[0, 1]``.
+        """
+        h = self.hops[hop]
+        keep = (1.0 - h.mlp.double()).clamp(0.0, 1.0)
+        step = h.residual.double() * keep  # share of c[l'-1] in c[l'] along the residual path
+        suffix = torch.cumprod(torch.flip(step, [0]), 0)  # suffix[j] = prod over the last j+1 layers
+        after = torch.cat([torch.flip(suffix, [0])[1:], torch.ones(1, dtype=step.dtype)])  # prod over l' > l
+        return (keep * after).float()
+
+    def _heads(self, routed: bool) -> Float[Tensor, "layer head pos"]:
+        def w(k: int) -> Tensor:
+            return self.route_weights(k)[:, None, None] if routed else torch.ones(())
+
         if self.method != "flashtrace":
-            return self.hops[0].heads
+            return self.hops[0].heads * w(0)
         mask = torch.zeros(len(self.tokens))
         mask[: self.inputs_end] = 1.0
         out = torch.zeros_like(self.hops[0].heads)
-        for h in self.hops:
+        for k, h in enumerate(self.hops):
             if h.norm > 0:
-                out += h.heads * mask * (h.weight / h.norm)
+                out += h.heads * mask * (h.weight / h.norm) * w(k)
         return out
 
     def head_shares(self, layer: int) -> Float[Tensor, "head pos"]:
@@ -166,10 +200,20 @@ class Trace:
         order = sorted(pos, key=lambda i: -float(self.scores[i]))[: max(0, k)]
         return [TokenScore(i, self.tokens[i], self.roles[i], float(self.scores[i])) for i in order]
 
-    def top_heads(self, k: int = 10, where: str = "prompt") -> list[HeadScore]:
-        """(layer, head) pairs ranked by the attribution they carry to ``where`` positions."""
+    def top_heads(self, k: int = 10, where: str = "prompt", weighting: str = "route") -> list[HeadScore]:
+        """(layer, head) pairs ranked by the attribution they carry to ``where`` positions.
+
+        ``weighting="route"`` (default): ``head_attribution_routed`` (per-layer shares times the
+        layer's route weight); ``"share"``: ``head_attribution`` (per-layer shares, the additive
+        decomposition of the scores).  The default is route because per-layer shares rank
+        early-layer heads first whose ablation does not hurt the answer, while the route-ranked
+        top 5 do (analyses/head_study.py: -1.3 vs +3.0 nats, zero-ablation, 40 held-out examples).
+        """
+        if weighting not in ("share", "route"):
+            raise ValueError(f"weighting must be 'share' or 'route', got {weighting!r}")
         pos = self.positions(where)
-        per_head = self.head_attribution[:, :, pos].sum(-1)
+        heads = self.head_attribution if weighting == "share" else self.head_attribution_routed
+        per_head = heads[:, :, pos].sum(-1)
         flat = per_head.flatten()
         order = torch.argsort(flat, descending=True)[: max(0, k)]
         return [HeadScore(int(i) // self.n_heads, int(i) % self.n_heads, float(flat[i])) for i in order]
@@ -185,6 +229,7 @@ class Trace:
         lines.append(
             f"output tokens {self.output[0]}:{self.output[1]}"
             + (f", reasoning {self.reasoning[0]}:{self.reasoning[1]}" if self.reasoning else ", no reasoning")
+            + ("; hop 0 explains reasoning + output" if self.params.get("explain") == "target" else "")
         )
         if self.method == "flashtrace":
             ratios = ", ".join(f"{r:.3f}" for r in self.thinking_ratios)
@@ -195,7 +240,7 @@ class Trace:
         lines.append(f"{'rank':>4} {'pos':>5} {'score':>9}  token")
         for r, t in enumerate(self.top(k), 1):
             lines.append(f"{r:>4} {t.pos:>5} {t.score:>9.4f}  {t.token!r}")
-        lines.append(f"{'rank':>4} {'layer':>5} {'head':>4} {'score':>9}")
+        lines.append(f"{'rank':>4} {'layer':>5} {'head':>4} {'score':>9}  (heads by route-weighted share)")
         for r, h in enumerate(self.top_heads(k), 1):
             lines.append(f"{r:>4} {h.layer:>5} {h.head:>4} {h.score:>9.4f}")
         return "\n".join(lines)

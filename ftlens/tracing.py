@@ -15,7 +15,7 @@ from .aggregate import span_shares, tokenwise_shares
 from .capture import capture, model_info
 from .errors import SpanError, TraceError
 from .progress import Progress
-from .recursion import recurse
+from .recursion import EXPLAIN, recurse
 from .spans import SpanSpec, build_sequence, format_prompt
 from .trace import HopRecord, Trace
 
@@ -62,6 +62,7 @@ def trace(
     reasoning: SpanSpec = "auto",
     hops: int = 1,
     method: str = "flashtrace",
+    explain: str = "output",
     threshold: float | None = None,
     chat_template: bool | None = None,
     max_new_tokens: int = 128,
@@ -72,11 +73,17 @@ def trace(
     ``method``: ``"flashtrace"`` (span + recursion through the reasoning span, ``hops``
     times), ``"ifr-span"`` (one span pass, raw token scores ``r(s)``) or
     ``"ifr-tokenwise"`` (one row per output token, scores = mean row).
+    ``explain``: what hop 0 explains, ``"output"`` (the answer span, spec section 4, default)
+    or ``"target"`` (reasoning + answer: hop 0 is one span pass over ``[reasoning start,
+    output end)``, ifr-tokenwise averages those rows; flashtrace then recurses the mass hop 0
+    puts on reasoning tokens).  Same result when there is no reasoning span.
     ``threshold`` zeroes normalised per-layer shares below it (off by default).
     With ``target=None`` the model first generates ``max_new_tokens`` greedily.
     """
     if method not in METHODS:
         raise TraceError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if explain not in EXPLAIN:
+        raise TraceError(f"explain must be 'output' (the answer span) or 'target' (reasoning + answer), got {explain!r}")
     if not isinstance(hops, int) or isinstance(hops, bool) or hops < 0:
         raise TraceError(f"hops must be an integer >= 0, got {hops!r}")
     if threshold is not None and not (0 <= threshold < 1):
@@ -107,7 +114,8 @@ def trace(
     t0 = time.perf_counter()
     row_scores = None
     if method == "ifr-tokenwise":
-        rows = torch.arange(seq.output[0] - row_start, seq.output[1] - row_start, device=row_pos.device)
+        first = seq.output[0] if explain == "output" or seq.reasoning is None else seq.reasoning[0]
+        rows = torch.arange(first - row_start, seq.output[1] - row_start, device=row_pos.device)
         bar = Progress(enabled=progress, total=info.n_layers, desc="tokenwise")
         tw = tokenwise_shares(states, info, row_pos, rows, threshold, progress=bar.step)
         bar.close()
@@ -122,7 +130,7 @@ def trace(
         def span_fn(w: torch.Tensor):
             return span_shares(states, info, row_pos, w.to(row_pos.device), threshold, progress=bar.step)
 
-        rec = recurse(span_fn, seq.n, row_start, seq.output, seq.reasoning, k)
+        rec = recurse(span_fn, seq.n, row_start, seq.output, seq.reasoning, k, explain=explain)
         bar.close()
         hop_records = [
             _record(h.weight, h.norm, h.thinking_ratio, h.contribution, h.shares) for h in rec.hops
@@ -142,7 +150,8 @@ def trace(
         model=_model_name(model),
         method=method,
         params={"hops": hops if method == "flashtrace" else 0, "threshold": threshold,
-                "chat_template": chat_template, "rows": n_rows},
+                "chat_template": chat_template, "rows": n_rows,
+                "explain": explain},
         ids=seq.ids.tolist(),
         tokens=seq.tokens,
         roles=seq.roles,

@@ -75,13 +75,16 @@ def token_scores(T: dict, weights: dict[int, float]) -> torch.Tensor:
     return shares(T, weights)[0].sum(dim=(0, 1))
 
 
-def flashtrace(T: dict, output: tuple[int, int], reasoning: tuple[int, int] | None, hops: int):
-    """Spec section 4, written out with explicit mass bookkeeping."""
+def flashtrace(T: dict, output: tuple[int, int], reasoning: tuple[int, int] | None, hops: int,
+               explain: str = "output"):
+    """Spec section 4, written out with explicit mass bookkeeping.
+
+    ``explain="target"``: hop 0 explains every token from the reasoning start to the output end."""
     n = T["a"][0].shape[0]
     r0 = reasoning[0] if reasoning else output[0]
     inputs = [s < r0 for s in range(n)]
     pending = [r0 <= s < output[0] for s in range(n)]
-    o = range(*output)
+    o = range(output[0] if explain == "output" else r0, output[1])
     v = token_scores(T, {t: 1.0 / len(o) for t in o})
     p = v / v.sum()
     out_mass = float(p[output[0] : output[1]].sum())

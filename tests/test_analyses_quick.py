@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,10 +39,36 @@ def test_faithfulness_quick(tmp_path):
         assert 0.0 <= float(r["rise_target"]) <= 1.0
 
 
+def test_faithfulness_recovery_only_and_punctuation_mask(tmp_path):
+    """--recovery-only skips the curves (RISE empty, Recovery set); --mask-punct zeroes ',' '.' for methods."""
+    _run("faithfulness.py", tmp_path, "--n", "1", "--recovery-only", "--name", "rec", "--tasks", "needle_single",
+         "--methods", "random", "flashtrace-h1", "flashtrace-target-h1")
+    rows = list(csv.DictReader((tmp_path / "rec.csv").open()))
+    assert {r["method"] for r in rows} == {"random", "flashtrace-h1", "flashtrace-target-h1", "evidence-first"}
+    assert all(r["rise_target"] == "nan" and 0.0 <= float(r["recovery"]) <= 1.0 for r in rows)
+    assert "Recovery only" in (tmp_path / "rec.md").read_text()
+    _run("faithfulness.py", tmp_path, "--n", "1", "--mask-punct", "--name", "masked", "--tasks", "needle_single",
+         "--methods", "random", "flashtrace-h1")
+    assert "Punctuation mask ON" in (tmp_path / "masked.md").read_text()
+
+
+def test_punct_mask_marks_commas_periods_and_blank_tokens():
+    sys.path.insert(0, str(ROOT / "analyses"))
+    from faithfulness import punct_mask
+
+    from ftlens.models import default_tokenizer
+
+    tok = default_tokenizer()
+    ids = tok("The code, 4817. Next\n\n", add_special_tokens=False)["input_ids"]
+    got = {tok.decode([i]): bool(m) for i, m in zip(ids, punct_mask(tok, torch.tensor(ids)))}
+    assert got[","] and got["."] and not got["The"] and not got[" code"]
+    assert any(m for t, m in got.items() if t.strip() == "")  # the newline token
+
+
 def test_head_study_quick(tmp_path):
     _run("head_study.py", tmp_path)
     rows = list(csv.DictReader((tmp_path / "head_study_summary.csv").open()))
-    assert {r["ranking"] for r in rows} == {"ftlens", "random", "attention"}
+    assert {r["ranking"] for r in rows} == {"ftlens", "ftlens-route", "random", "attention"}
     assert {r["mode"] for r in rows} == {"zero", "mean"}
     assert (tmp_path / "head_study.png").stat().st_size > 0
 

@@ -150,12 +150,82 @@ def test_recursion_conserves_mass(tiny):
     assert all(b < a for a, b in zip(r, r[1:]))
 
 
+def test_route_weights_are_products_of_shares_along_the_residual_path(tiny):
+    """w[l] = (1 - mlp[l]) * prod_{l' > l} residual[l'] (1 - mlp[l']), per hop, by explicit loops."""
+    tr = ftlens.trace(tiny, PROMPT, TARGET, hops=2)
+    for k, hop in enumerate(tr.hops):
+        L = tr.n_layers
+        expect = []
+        for layer in range(L):
+            w = 1.0 - float(hop.mlp[layer])
+            for later in range(layer + 1, L):
+                w *= float(hop.residual[later]) * (1.0 - float(hop.mlp[later]))
+            expect.append(w)
+        torch.testing.assert_close(tr.route_weights(k).double(), torch.tensor(expect, dtype=torch.float64),
+                                   atol=1e-6, rtol=1e-5)
+        assert float(tr.route_weights(k).max()) <= 1.0 and float(tr.route_weights(k).min()) >= 0.0
+
+
+def test_routed_head_attribution_weights_each_hop_by_its_route(tiny):
+    tr = ftlens.trace(tiny, PROMPT, TARGET, hops=2)
+    inputs = torch.arange(len(tr.tokens)) < tr.inputs_end
+    expect = sum(h.heads * inputs * (h.weight / h.norm) * tr.route_weights(k)[:, None, None]
+                 for k, h in enumerate(tr.hops))
+    torch.testing.assert_close(tr.head_attribution_routed, expect, atol=1e-7, rtol=1e-6)
+    per_head = expect[:, :, tr.prompt_positions].sum(-1).flatten()
+    top = tr.top_heads(4, weighting="route")
+    assert [(h.layer * tr.n_heads + h.head) for h in top] == torch.argsort(per_head, descending=True)[:4].tolist()
+    assert tr.top_heads(4) == top  # route is the default ranking
+    additive = tr.head_attribution[:, :, tr.prompt_positions].sum(-1).flatten()
+    share = tr.top_heads(4, weighting="share")
+    assert [(h.layer * tr.n_heads + h.head) for h in share] == torch.argsort(additive, descending=True)[:4].tolist()
+    with pytest.raises(ValueError, match="weighting must be 'share' or 'route'"):
+        tr.top_heads(3, weighting="layer")
+
+
 def test_hops_zero_equals_normalised_ifr_span(tiny):
     ft = ftlens.trace(tiny, PROMPT, TARGET, hops=0)
     span = ftlens.trace(tiny, PROMPT, TARGET, method="ifr-span")
     p = span.scores / span.scores.sum()
     p[ft.inputs_end :] = 0
     torch.testing.assert_close(ft.scores, p, atol=1e-6, rtol=1e-5)
+
+
+def test_explain_target_matches_bruteforce_reference(tiny):
+    """explain="target": hop 0 is one span over [reasoning start, output end), then the usual hops."""
+    tr = ftlens.trace(tiny, PROMPT, TARGET, hops=2, explain="target")
+    assert tr.reasoning is not None and tr.params["explain"] == "target"
+    T = bf.cache_tensors(tiny, torch.tensor(tr.ids))
+    ref, contribs, ratios, out_mass = bf.flashtrace(T, tr.output, tr.reasoning, hops=2, explain="target")
+    for hop, c in zip(tr.hops, contribs):
+        torch.testing.assert_close(hop.scores.double(), c, atol=1e-5, rtol=0)
+    assert tr.thinking_ratios == pytest.approx(ratios, abs=1e-5)
+    assert tr.output_mass == pytest.approx(out_mass, abs=1e-5)
+    torch.testing.assert_close(tr.scores.double(), ref, atol=1e-5, rtol=0)
+    # it really is a different attribution from the answer-only hop 0
+    default, _, _, _ = bf.flashtrace(T, tr.output, tr.reasoning, hops=2)
+    assert float((ref - default).abs().max()) > 1e-3
+    # ifr-span and ifr-tokenwise follow the same span: raw r(s) and the mean of its rows
+    whole = range(tr.reasoning[0], tr.output[1])
+    span = ftlens.trace(tiny, PROMPT, TARGET, method="ifr-span", explain="target")
+    torch.testing.assert_close(span.scores.double(), bf.token_scores(T, {t: 1.0 for t in whole}), atol=1e-5, rtol=0)
+    tw = ftlens.trace(tiny, PROMPT, TARGET, method="ifr-tokenwise", explain="target")
+    rows = torch.stack([bf.token_scores(T, {t: 1.0}) for t in whole])
+    torch.testing.assert_close(tw.scores.double(), rows.mean(0), atol=1e-5, rtol=0)
+
+
+def test_explain_target_conserves_mass(tiny):
+    tr = ftlens.trace(tiny, PROMPT, TARGET, hops=3, explain="target")
+    total = float(tr.scores.sum()) + tr.unresolved + tr.output_mass
+    assert total == pytest.approx(1.0, abs=1e-5)
+    torch.testing.assert_close(tr.head_attribution.sum(dim=(0, 1)), tr.scores, atol=1e-5, rtol=0)
+
+
+def test_explain_target_without_reasoning_equals_output(tiny_llama):
+    a = ftlens.trace(tiny_llama, PROMPT, " It is 7351.", hops=2)
+    b = ftlens.trace(tiny_llama, PROMPT, " It is 7351.", hops=2, explain="target")
+    assert a.reasoning is None
+    torch.testing.assert_close(a.scores, b.scores, atol=0, rtol=0)
 
 
 def test_no_reasoning_means_no_pending_mass(tiny_llama):

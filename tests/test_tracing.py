@@ -60,6 +60,7 @@ def test_user_hooks_survive_a_trace(tiny_llama):
         ({"hops": -1}, TraceError, "hops must be an integer >= 0"),
         ({"method": "lrp"}, TraceError, "unknown method"),
         ({"threshold": 1.5}, TraceError, "threshold"),
+        ({"explain": "answer"}, TraceError, "explain must be .output. .the answer span. or .target."),
     ],
 )
 def test_bad_parameters_raise_clear_errors(tiny_llama, kwargs, error, match):
