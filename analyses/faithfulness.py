@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             if sc is not None:
                 met = sc.evaluate(s[case.prompt_pos].float(), pct=args.pct)
             else:
-                met = {m: float("nan") for m in METRICS if m not in ("recovery", "seconds")}
+                met = {key: float("nan") for key in METRICS if key not in ("recovery", "seconds")}
                 met["recovery"] = E.recovery(s[case.prompt_pos].float(), case.evidence, args.pct) \
                     if case.evidence else float("nan")
             rows.append({"task": label, "id": ex["id"], "method": m, **met, "seconds": secs,

@@ -2,9 +2,9 @@
 """Per-head causal check: ablate the top-k heads by ftlens span share and measure the answer.
 
 For every example: one flashtrace trace (hops=1) ranks (layer, head) by the attribution it
-carries to user-prompt tokens, in two ways: ``ftlens`` = ``Trace.top_heads(where="prompt")``
-(the mass-weighted per-layer shares, spec section 4) and ``ftlens-route`` =
-``Trace.top_heads(where="prompt", weighting="route")`` (each layer's shares times its route
+carries to user-prompt tokens, in two ways: ``ftlens`` = ``Trace.top_heads(where="prompt",
+weighting="share")`` (the mass-weighted per-layer shares, spec section 4) and ``ftlens-route`` =
+``Trace.top_heads(where="prompt", weighting="route")`` (the default; each layer's shares times its route
 weight, the share of the span's final residual stream that layer's attention output still is).
 Two comparison rankings: k random heads (``--random-draws`` seeded draws per example, their
 drops averaged) and the top-k heads by
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
         ev_pos = [case.prompt_pos[j] for j in case.evidence]
         zmean, mass = clean_pass(model, seq.ids, seq.output, ev_pos)
         order = {
-            "ftlens": [(h.layer, h.head) for h in tr.top_heads(L * H, where="prompt")],
+            "ftlens": [(h.layer, h.head) for h in tr.top_heads(L * H, where="prompt", weighting="share")],
             "ftlens-route": [(h.layer, h.head) for h in tr.top_heads(L * H, where="prompt", weighting="route")],
             "attention": [(int(x) // H, int(x) % H) for x in torch.argsort(mass.flatten(), descending=True)],
         }

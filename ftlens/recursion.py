@@ -31,6 +31,16 @@ from .aggregate import SpanShares
 EXPLAIN = ("output", "target")
 
 
+def explained_span(output: tuple[int, int], reasoning: tuple[int, int] | None, explain: str) -> tuple[int, int]:
+    """The span hop 0 explains: ``output`` (``explain="output"``) or ``[reasoning start, output
+    end)`` (``explain="target"``; the same as ``output`` when there is no reasoning span)."""
+    if explain not in EXPLAIN:
+        raise ValueError(f"explain must be one of {', '.join(EXPLAIN)}, got {explain!r}")
+    if explain == "target" and reasoning is not None:
+        return reasoning[0], output[1]
+    return output
+
+
 @dataclass
 class Hop:
     """One hop: the span it traced, its shares and its contribution to ``F``."""
@@ -76,8 +86,7 @@ def recurse(
     ``[r0, o1)``, uniform weights: what a whole-target faithfulness metric scores).  In both
     cases the mass hop 0 puts on pending tokens is recursed and the mass on ``O`` is reported.
     """
-    if explain not in EXPLAIN:
-        raise ValueError(f"explain must be one of {', '.join(EXPLAIN)}, got {explain!r}")
+    first, last = explained_span(output, reasoning, explain)
     r0 = reasoning[0] if reasoning is not None else output[0]
     pos = torch.arange(n_pos)
     inputs = pos < r0
@@ -85,8 +94,7 @@ def recurse(
     n_rows = n_pos - row_start
 
     w = torch.zeros(n_rows)
-    first = output[0] if explain == "output" else r0
-    w[first - row_start : output[1] - row_start] = 1.0 / (output[1] - first)
+    w[first - row_start : last - row_start] = 1.0 / (last - first)
     shares = span_fn(w)
     v = shares.scores.cpu()
     norm = float(v.sum())

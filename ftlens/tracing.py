@@ -15,7 +15,7 @@ from .aggregate import span_shares, tokenwise_shares
 from .capture import capture, model_info
 from .errors import SpanError, TraceError
 from .progress import Progress
-from .recursion import EXPLAIN, recurse
+from .recursion import EXPLAIN, explained_span, recurse
 from .spans import SpanSpec, build_sequence, format_prompt
 from .trace import HopRecord, Trace
 
@@ -114,8 +114,8 @@ def trace(
     t0 = time.perf_counter()
     row_scores = None
     if method == "ifr-tokenwise":
-        first = seq.output[0] if explain == "output" or seq.reasoning is None else seq.reasoning[0]
-        rows = torch.arange(first - row_start, seq.output[1] - row_start, device=row_pos.device)
+        first, last = explained_span(seq.output, seq.reasoning, explain)
+        rows = torch.arange(first - row_start, last - row_start, device=row_pos.device)
         bar = Progress(enabled=progress, total=info.n_layers, desc="tokenwise")
         tw = tokenwise_shares(states, info, row_pos, rows, threshold, progress=bar.step)
         bar.close()

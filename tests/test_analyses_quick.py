@@ -69,6 +69,10 @@ def test_head_study_quick(tmp_path):
     _run("head_study.py", tmp_path)
     rows = list(csv.DictReader((tmp_path / "head_study_summary.csv").open()))
     assert {r["ranking"] for r in rows} == {"ftlens", "ftlens-route", "random", "attention"}
+    # the two ftlens rankings are the two weightings of Trace.top_heads, not the same list twice
+    per_ex = list(csv.DictReader((tmp_path / "head_study.csv").open()))
+    top = {r["ranking"]: r["top_heads"] for r in per_ex if r["mode"] == "zero" and r["k"] == "5"}
+    assert top["ftlens"] != top["ftlens-route"]
     assert {r["mode"] for r in rows} == {"zero", "mean"}
     assert (tmp_path / "head_study.png").stat().st_size > 0
 
