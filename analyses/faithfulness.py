@@ -76,16 +76,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
-def load(name: str | None):
-    if name == "tiny":
-        from ftlens.models import tiny_model
-
-        return tiny_model("llama", n_layers=2, d_model=64, n_heads=4, n_kv_heads=2)
-    import ftlens
-
-    return ftlens.load_model(name)
-
-
 def method_scores(model, ex, seq, fmt, methods, args, fill):
     """``name -> (scores[pos], seconds)`` for every requested method (errors -> skipped)."""
     out, errors = {}, {}
@@ -125,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_csv:
         return rebuild(args, cmd, out)
     torch.manual_seed(args.seed)
-    model = load(args.model)
+    model = T.load_model_for(args.model)
     tok = model.tokenizer
     fill = E.default_fill(tok)
     jobs = []

@@ -58,14 +58,6 @@ def parse(argv=None):
     return a
 
 
-def load(name):
-    if name == "tiny":
-        from ftlens.models import tiny_model
-
-        return tiny_model("llama", n_layers=2, d_model=64, n_heads=4, n_kv_heads=2)
-    return ftlens.load_model(name)
-
-
 def clean_pass(model, ids, output, evidence_pos):
     """Mean z per (layer, head) over positions, and attention mass of the answer rows on evidence."""
     L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
@@ -132,7 +124,7 @@ def main(argv=None) -> int:
             rows = [{**r, "k": int(r["k"]), "drop": float(r["drop"])} for r in csv.DictReader(f)]
         n_ex = len({r["id"] for r in rows})
         return finish(args, cmd, out, rows, n_ex, float("nan"), sorted({r["k"] for r in rows}))
-    model = load(args.model)
+    model = T.load_model_for(args.model)
     tok = model.tokenizer
     L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
     ks = [k for k in args.ks if k <= L * H]

@@ -50,20 +50,12 @@ def parse(argv=None):
     return a
 
 
-def load(name):
-    if name == "tiny":
-        from ftlens.models import tiny_model
-
-        return tiny_model("llama", n_layers=2, d_model=64, n_heads=4, n_kv_heads=2)
-    return ftlens.load_model(name)
-
-
 def main(argv=None) -> int:
     args = parse(argv)
     cmd = "python analyses/hops.py " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = load(args.model)
+    model = T.load_model_for(args.model)
     tok = model.tokenizer
     jobs = []
     for c in args.chains:

@@ -270,6 +270,18 @@ def build_case(model: Any, ex: dict[str, Any], chat_template: bool | None = None
     return seq, case, formatted
 
 
+def load_model_for(name: str | None) -> Any:
+    """The model an analysis runs on: ``None`` = the default model, ``"tiny"`` = a tiny random
+    Llama (2 layers, d_model 64, 4 heads, 2 KV heads) for smoke runs, else ``load_model(name)``."""
+    if name == "tiny":
+        from .models import tiny_model
+
+        return tiny_model("llama", n_layers=2, d_model=64, n_heads=4, n_kv_heads=2)
+    from .models import load_model
+
+    return load_model(name)
+
+
 def default_tokenizer_for(name: str | None) -> Any:
     """The tokenizer of a model name without loading the model (``tiny`` = the default's)."""
     from .models import default_tokenizer
