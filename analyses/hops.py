@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         tr = ftlens.trace(model, ex["prompt"], ex["target"], hops=args.hops)
         secs = time.perf_counter() - t0
-        reg = regions(model, ex, tr, case)
+        reg = regions(tr, case)
         cum = torch.zeros_like(tr.scores)
         for k, h in enumerate(tr.hops):
             cum = cum + h.scores
@@ -132,25 +132,16 @@ def main(argv=None) -> int:
 REGION_COLS = ("to_template", "to_question", "to_evidence", "to_other")
 
 
-def regions(model, ex, tr, case) -> dict[str, torch.Tensor]:
+def regions(tr, case) -> dict[str, torch.Tensor]:
     """Position masks: template (every input position outside the user prompt), question (prompt
     tokens on the prompt's last line), evidence (the case's evidence tokens), other (the rest)."""
-    from ftlens.spans import format_prompt
-
     n = len(tr.tokens)
     prompt = torch.zeros(n, dtype=torch.bool)
     prompt[case.prompt_pos] = True
     evidence = torch.zeros(n, dtype=torch.bool)
     evidence[[case.prompt_pos[j] for j in case.evidence]] = True
     question = torch.zeros(n, dtype=torch.bool)
-    q0 = ex["prompt"].rfind("\n")
-    if q0 >= 0:
-        formatted, special = format_prompt(model.tokenizer, ex["prompt"], None)
-        c0 = formatted.rfind(ex["prompt"])
-        offsets = model.tokenizer(formatted, add_special_tokens=special, return_offsets_mapping=True)["offset_mapping"]
-        for pos in case.prompt_pos:
-            if offsets[pos][0] - c0 > q0:
-                question[pos] = True
+    question[[case.prompt_pos[j] for j in case.meta["question"]]] = True
     inputs = torch.arange(n) < tr.inputs_end
     return {"template": inputs & ~prompt, "question": question & ~evidence, "evidence": evidence,
             "other": prompt & ~question & ~evidence}

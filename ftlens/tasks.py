@@ -250,7 +250,8 @@ def greedy_agreement(model: Any, examples: list[dict[str, Any]], max_new_tokens:
 
 def build_case(model: Any, ex: dict[str, Any], chat_template: bool | None = None):
     """``(Sequence, Case, formatted_prompt)`` for one example: ids, user-prompt positions and
-    evidence tokens (prompt tokens whose characters overlap an evidence range)."""
+    evidence tokens (prompt tokens whose characters overlap an evidence range); ``meta["question"]``
+    indexes the prompt tokens on the prompt's last line."""
     from .evaluate import Case
     from .spans import build_sequence, format_prompt
 
@@ -260,13 +261,16 @@ def build_case(model: Any, ex: dict[str, Any], chat_template: bool | None = None
     c0 = formatted.rfind(ex["prompt"])
     offsets = tok(formatted, add_special_tokens=special, return_offsets_mapping=True)["offset_mapping"]
     prompt_pos = [i for i, r in enumerate(seq.roles) if r == "prompt"]
-    evidence = []
+    q0 = ex["prompt"].rfind("\n")  # the question is the prompt's last line (none without a newline)
+    evidence, question = [], []
     for j, pos in enumerate(prompt_pos):
         s, e = offsets[pos][0] - c0, offsets[pos][1] - c0
         if any(s < b and e > a for a, b in ex["evidence"]):
             evidence.append(j)
+        if q0 >= 0 and s > q0:
+            question.append(j)
     case = Case(ids=seq.ids, prompt_pos=prompt_pos, target_start=seq.prompt_len, output=seq.output,
-                evidence=evidence, meta={"id": ex.get("id"), "task": ex.get("task")})
+                evidence=evidence, meta={"id": ex.get("id"), "task": ex.get("task"), "question": question})
     return seq, case, formatted
 
 
