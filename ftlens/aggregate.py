@@ -23,7 +23,8 @@ from torch import Tensor
 
 from .attention import attention_rows, weighted_attention
 from .capture import LayerState, ModelInfo
-from .ifr import layer_shares, mlp_share
+from .errors import TraceError
+from .ifr import completeness_gap, layer_shares, mlp_share
 
 
 @dataclass
@@ -31,13 +32,15 @@ class SpanShares:
     """Per-layer shares of one virtual target.
 
     ``heads[l, h, s]`` is ``e``; ``residual[l]``, ``bias[l]`` complete each layer to 1;
-    ``mlp[l]`` is the MLP share of the block output (reported, not used in scores).
+    ``mlp[l]`` is the MLP share of the block output (reported, not used in scores);
+    ``gap[l]`` the completeness guard's relative gap at layer ``l`` (method §1b).
     """
 
     heads: Float[Tensor, "layer head src"]
     residual: Float[Tensor, " layer"]
     bias: Float[Tensor, " layer"]
     mlp: Float[Tensor, " layer"]
+    gap: Float[Tensor, " layer"] | None = None
 
     @property
     def scores(self) -> Float[Tensor, " src"]:
@@ -50,6 +53,19 @@ def _bias_total(info: ModelInfo, layer: int, wsum: Tensor) -> Tensor | None:
     return None if b_o is None else wsum[:, None] * b_o.float()[None]
 
 
+def check_completeness(gap: float, layer: int, tol: float | None, info: ModelInfo) -> None:
+    """Raise :class:`TraceError` when layer ``layer``'s relative gap exceeds ``tol``."""
+    if tol is None or gap <= tol:
+        return
+    fam = info.family.kind if info.family is not None else "unknown"
+    raise TraceError(
+        f"completeness guard: at layer {layer} ftlens' decomposition misses {gap:.2e} of what the "
+        f"attention block added (relative L1; tolerance {tol:.0e}; block family {fam!r}), so its "
+        "numbers would be wrong. Remove hooks you registered on the model, run in float32, or "
+        "pass completeness_tol= if you accept the gap"
+    )
+
+
 def span_shares(
     states: list[LayerState],
     info: ModelInfo,
@@ -57,23 +73,36 @@ def span_shares(
     weights: Float[Tensor, " row"],
     threshold: float | None = None,
     progress: Callable[[int], None] | None = None,
+    tol: float | None = None,
 ) -> SpanShares:
-    """Shares of the virtual target ``sum_t weights[t] * row t`` (rows = tracked positions)."""
+    """Shares of the virtual target ``sum_t weights[t] * row t`` (rows = tracked positions).
+
+    With a post-norm's frozen scales ``s_t`` (``LayerState.row_scale``), the attention rows
+    and the bias are weighted by ``w_t s_t`` (method §1b); ``y`` and ``x`` by ``w_t``.
+    Each layer's completeness gap is computed and checked against ``tol`` (``None``: not checked).
+    """
     home = states[0].a.device  # results gather here; layers may sit on other devices (device_map)
-    heads, res, bias, mlp = [], [], [], []
+    heads, res, bias, mlp, gaps = [], [], [], [], []
     for layer, st in enumerate(states):
         w = weights.float()[None].to(st.b.device)
+        wa = w if st.row_scale is None else w * st.row_scale[None]
         y = w @ st.b
         x = w @ st.a
-        abar = weighted_attention(st.q, st.k, row_pos.to(st.b.device), w, info.specs[layer])
-        sh = layer_shares(y, x, _bias_total(info, layer, w.sum(-1)), abar, st.v, info.w_o[layer], threshold)
+        abar = weighted_attention(st.q, st.k, row_pos.to(st.b.device), wa, info.specs[layer])
+        bias_total = _bias_total(info, layer, wa.sum(-1))
+        gap = float(completeness_gap(y, x, bias_total, abar, st.v, info.w_o[layer])[0])
+        check_completeness(gap, layer, tol, info)
+        sh = layer_shares(y, x, bias_total, abar, st.v, info.w_o[layer], threshold)
         heads.append(sh.heads[0].to(home))
         res.append(sh.residual[0].to(home))
         bias.append(sh.bias[0].to(home))
         mlp.append(mlp_share(y, w @ st.c)[0].to(home))
+        gaps.append(gap)
         if progress is not None:
             progress(layer)
-    return SpanShares(torch.stack(heads), torch.stack(res), torch.stack(bias), torch.stack(mlp))
+    return SpanShares(
+        torch.stack(heads), torch.stack(res), torch.stack(bias), torch.stack(mlp), torch.tensor(gaps)
+    )
 
 
 @dataclass
@@ -96,15 +125,20 @@ def tokenwise_shares(
     threshold: float | None = None,
     row_chunk: int = 32,
     progress: Callable[[int], None] | None = None,
+    tol: float | None = None,
 ) -> TokenwiseResult:
-    """Token-wise IFR (one-hot weights) for the tracked rows with indices ``rows``."""
+    """Token-wise IFR (one-hot weights) for the tracked rows with indices ``rows``.
+
+    Post-norm scales ``s_t`` multiply each row's attention and bias; the completeness
+    gap recorded per layer is the largest over rows."""
     n_rows = rows.numel()
     n_src = states[0].k.shape[1]
     home = states[0].a.device  # results gather here; layers may sit on other devices (device_map)
     row_scores = torch.zeros(n_rows, n_src, dtype=torch.float32, device=home)
-    heads, res, bias, mlp = [], [], [], []
+    heads, res, bias, mlp, gaps = [], [], [], [], []
     for layer, st in enumerate(states):
         rows, row_pos = rows.to(st.a.device), row_pos.to(st.a.device)
+        l_gap = 0.0
         l_heads = torch.zeros(info.n_heads, n_src, dtype=torch.float32, device=st.a.device)
         l_res = l_bias = torch.zeros((), device=st.a.device)
         for start in range(0, n_rows, row_chunk):
@@ -113,10 +147,13 @@ def tokenwise_shares(
                 attention_rows(st.q[:, idx], st.k, row_pos[idx], info.specs[layer]),
                 "head row src -> row head src",
             )
-            ones = torch.ones(idx.numel(), device=st.a.device)
-            sh = layer_shares(
-                st.b[idx], st.a[idx], _bias_total(info, layer, ones), attn, st.v, info.w_o[layer], threshold
-            )
+            scale = torch.ones(idx.numel(), device=st.a.device) if st.row_scale is None else st.row_scale[idx]
+            attn = attn * scale[:, None, None]
+            bias_total = _bias_total(info, layer, scale)
+            gap = float(completeness_gap(st.b[idx], st.a[idx], bias_total, attn, st.v, info.w_o[layer]).max())
+            check_completeness(gap, layer, tol, info)
+            l_gap = max(l_gap, gap)
+            sh = layer_shares(st.b[idx], st.a[idx], bias_total, attn, st.v, info.w_o[layer], threshold)
             row_scores[start : start + idx.numel()] += sh.heads.sum(dim=1).to(home)
             l_heads += sh.heads.sum(dim=0)
             l_res = l_res + sh.residual.sum()
@@ -125,9 +162,12 @@ def tokenwise_shares(
         res.append((l_res / n_rows).to(home))
         bias.append((l_bias / n_rows).to(home))
         mlp.append(mlp_share(st.b[rows], st.c[rows]).mean().to(home))
+        gaps.append(l_gap)
         if progress is not None:
             progress(layer)
-    mean = SpanShares(torch.stack(heads), torch.stack(res), torch.stack(bias), torch.stack(mlp))
+    mean = SpanShares(
+        torch.stack(heads), torch.stack(res), torch.stack(bias), torch.stack(mlp), torch.tensor(gaps)
+    )
     return TokenwiseResult(row_scores=row_scores, mean=mean)
 
 

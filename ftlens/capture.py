@@ -34,12 +34,17 @@ from torch import Tensor
 
 from .attention import AttentionSpec
 from .errors import TraceError
+from .families import BlockFamily, attention_scale, describe, hf_config, post_norm_gain, qk_hooks, rotate_qk, sliding_window
 from .fastattn import fast_attention
 
 
 @dataclass
 class LayerState:
-    """Per-layer state kept for attribution (all float32, on the model's device)."""
+    """Per-layer state kept for attribution (all float32, on the layer's device).
+
+    ``row_scale`` is the frozen per-token scale ``s_t`` of a post-attention norm
+    (``None`` for other families): each edge of row ``t`` is multiplied by it.
+    """
 
     a: Float[Tensor, "row d"] | None = None
     b: Float[Tensor, "row d"] | None = None
@@ -47,11 +52,20 @@ class LayerState:
     q: Float[Tensor, "head row dh"] | None = None
     k: Float[Tensor, "kv pos dh"] | None = None
     v: Float[Tensor, "kv pos dh"] | None = None
+    o: Float[Tensor, "row d"] | None = None
+    row_scale: Float[Tensor, " row"] | None = None
+    cos: Tensor | None = None
+    sin: Tensor | None = None
 
 
 @dataclass
 class ModelInfo:
-    """Shapes and per-layer parameters of a bridge, read once per trace."""
+    """Shapes, block family and per-layer parameters of a bridge, read once per trace.
+
+    ``w_o``/``b_o`` are the *effective* output weights: for a post-norm family the
+    norm's gain ``g`` is folded in (``W_O[h] * g``, ``b_O * g``), see
+    :mod:`ftlens.families`.  ``norm_eps[l]`` is the post-norm's ``eps`` (or ``None``).
+    """
 
     n_layers: int
     n_heads: int
@@ -62,53 +76,61 @@ class ModelInfo:
     specs: list[AttentionSpec]
     w_o: list[Float[Tensor, "head dh d"]] = field(repr=False)
     b_o: list[Float[Tensor, " d"] | None] = field(repr=False)
+    family: BlockFamily | None = None
+    norm_eps: list[float | None] = field(default_factory=list, repr=False)
     q_hook: str = "hook_rot_q"
     k_hook: str = "hook_rot_k"
 
 
 def model_info(model: Any) -> ModelInfo:
-    """Read shapes, ``W_O``/``b_O`` and the softmax details of every layer."""
+    """Read the block family, shapes, ``W_O``/``b_O`` and the softmax details of every layer.
+
+    Raises :class:`TraceError` for an unsupported structure, before any forward pass.
+    """
+    family = describe(model)
     cfg = model.cfg
+    hf_cfg = hf_config(model)
     n_heads = int(cfg.n_heads)
     n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
-    specs, w_o, b_o = [], [], []
-    q_hook, k_hook = "hook_rot_q", "hook_rot_k"
+    d_head, d_model = int(cfg.d_head), int(cfg.d_model)
+    specs, w_o, b_o, eps = [], [], [], []
     for layer, block in enumerate(model.blocks):
         attn = block.attn
         hf_attn = getattr(attn, "original_component", None)
-        if getattr(hf_attn, "sinks", None) is not None:
-            raise TraceError(
-                f"layer {layer}: attention sinks (GPT-OSS style) are not supported by ftlens yet"
-            )
-        if bool(getattr(cfg, "qk_norm_after_rope", False)):
-            q_hook, k_hook = "hook_q_normed", "hook_k_normed"
-        if not hasattr(attn, q_hook):
-            raise TraceError(
-                f"layer {layer}: attention {type(attn).__name__} has no {q_hook} hook; ftlens supports "
-                "rotary decoder models (Llama, Qwen2, Qwen3, Mistral, SmolLM, ...)"
-            )
-        scale = getattr(hf_attn, "scaling", None) or float(cfg.d_head) ** -0.5
         specs.append(
             AttentionSpec(
-                scale=float(scale),
+                scale=attention_scale(family, attn, layer, d_head),
                 group=n_heads // n_kv,
                 softcap=getattr(hf_attn, "attn_logit_softcapping", None),
-                window=getattr(hf_attn, "sliding_window", None),
+                window=sliding_window(hf_attn, hf_cfg, layer),
             )
         )
-        w_o.append(attn.W_O.detach())
+        weight = attn.W_O.detach().float()
         bias = getattr(attn, "b_O", None)
-        b_o.append(None if bias is None or not torch.any(bias != 0) else bias.detach())
+        bias = None if bias is None or not torch.any(bias != 0) else bias.detach().float()
+        if family.post_norm is not None:
+            gain, e = post_norm_gain(getattr(block, family.post_norm), d_model)
+            gain = gain.to(weight.device)
+            weight = weight * gain
+            bias = None if bias is None else bias * gain
+            eps.append(e)
+        else:
+            eps.append(None)
+        w_o.append(weight)
+        b_o.append(bias)
+    q_hook, k_hook = qk_hooks(family)
     return ModelInfo(
         n_layers=int(cfg.n_layers),
         n_heads=n_heads,
         n_kv_heads=n_kv,
-        d_head=int(cfg.d_head),
-        d_model=int(cfg.d_model),
+        d_head=d_head,
+        d_model=d_model,
         n_ctx=getattr(cfg, "n_ctx", None),
         specs=specs,
         w_o=w_o,
         b_o=b_o,
+        family=family,
+        norm_eps=eps,
         q_hook=q_hook,
         k_hook=k_hook,
     )
@@ -146,11 +168,18 @@ def capture(
 ) -> list[LayerState]:
     """Run one forward pass and keep each layer's :class:`LayerState`.
 
-    Rows tracked are positions ``row_start .. T-1``.  Raises :class:`TraceError`
-    naming the layer if a residual stream becomes non-finite.  ``fast_attn``: run
-    supported attention layers through :func:`ftlens.fastattn.fast_attention`
-    (fused SDPA, no ``[H, T, T]`` pattern; same hooks, same values up to rounding).
+    Rows tracked are positions ``row_start .. T-1``.  What is read depends on the block
+    family (:mod:`ftlens.families`): ``a`` at ``blocks.{l}.hook_in``, ``c`` at
+    ``blocks.{l}.hook_out``, ``b`` at the family's mid hook or as ``a + attn.hook_out``
+    (parallel blocks), queries/keys at the family's hooks (rotated afterwards where
+    the bridge fires them before the rotary), values at ``attn.v.hook_out``; for a
+    post-norm family the attention output ``o`` and its frozen norm scale
+    ``s_t = rsqrt(mean(o_t^2) + eps)``.  Raises :class:`TraceError` naming the layer if
+    a residual stream becomes non-finite.  ``fast_attn``: run supported attention
+    layers through :func:`ftlens.fastattn.fast_attention` (fused SDPA, no ``[H, T, T]``
+    pattern; same hooks, same values up to rounding).
     """
+    fam = info.family if info.family is not None else describe(model)
     states = [LayerState() for _ in range(info.n_layers)]
     rows = slice(row_start, None)
 
@@ -173,13 +202,19 @@ def capture(
 
     def keep_q(layer: int) -> Callable:
         def fn(x: Tensor, hook: Any) -> None:
-            states[layer].q = _own(rearrange(x[0, rows].detach(), "row head dh -> head row dh"))
+            states[layer].q = _own(_heads_first(x[0].detach(), info.n_heads)[:, rows])
 
         return fn
 
     def keep_kv(layer: int, attr: str) -> Callable:
         def fn(x: Tensor, hook: Any) -> None:
-            setattr(states[layer], attr, rearrange(x[0].detach().float(), "pos kv dh -> kv pos dh"))
+            setattr(states[layer], attr, _heads_first(x[0].detach(), info.n_kv_heads).float())
+
+        return fn
+
+    def keep_all(layer: int, attr: str) -> Callable:
+        def fn(x: Tensor, hook: Any) -> None:
+            setattr(states[layer], attr, x.detach().float())
 
         return fn
 
@@ -188,21 +223,61 @@ def capture(
         pre = f"blocks.{layer}"
         hooks += [
             (f"{pre}.hook_in", keep_resid(layer, "a")),
-            (f"{pre}.ln2.hook_in", keep_resid(layer, "b")),
             (f"{pre}.hook_out", keep_resid(layer, "c")),
             (f"{pre}.attn.{info.q_hook}", keep_q(layer)),
             (f"{pre}.attn.{info.k_hook}", keep_kv(layer, "k")),
             (f"{pre}.attn.v.hook_out", keep_kv(layer, "v")),
         ]
+        if fam.mid_hook is not None:
+            hooks.append((f"{pre}.{fam.mid_hook}", keep_resid(layer, "b")))
+        if fam.needs_attn_out:
+            hooks.append((f"{pre}.attn.hook_out", keep_resid(layer, "o")))
+        if fam.qk == "bridge-rotary":
+            hooks += [(f"{pre}.attn.hook_cos", keep_all(layer, "cos")), (f"{pre}.attn.hook_sin", keep_all(layer, "sin"))]
     with fast_attention(model, enabled=fast_attn), temporary_hooks(model, hooks), torch.no_grad():
         try:
             model(tokens[None].to(_device_of(model)), return_type=None)
         except _StopForward:
             pass
+    needed = ("a", "c", "q", "k", "v") + (("o",) if fam.needs_attn_out else ()) + (("b",) if fam.mid_hook else ())
     for layer, st in enumerate(states):
-        if any(getattr(st, f) is None for f in ("a", "b", "c", "q", "k", "v")):
-            raise TraceError(f"layer {layer}: a hook did not fire; is this a supported decoder model?")
+        missing = [f for f in needed if getattr(st, f) is None]
+        if missing:
+            raise TraceError(
+                f"layer {layer}: the hooks for {', '.join(missing)} did not fire on this "
+                f"{fam.model_type} model; ftlens cannot attribute it as booted"
+            )
+        _finish_layer(st, fam, info, model.blocks[layer].attn, layer, row_start)
     return states
+
+
+def _finish_layer(st: LayerState, fam: BlockFamily, info: ModelInfo, attn: Any, layer: int, row_start: int) -> None:
+    """Family-specific completion of a layer's state once the forward has run.
+
+    Parallel blocks: ``b = a + o`` (the virtual mid residual).  Post-norm blocks:
+    ``s_t = rsqrt(mean(o_t^2) + eps)``.  Rotary applied where the bridge fires q/k before it.
+    """
+    if fam.mid_hook is None:
+        st.b = st.a + st.o
+    if fam.post_norm is not None:
+        st.row_scale = torch.rsqrt(st.o.pow(2).mean(-1) + info.norm_eps[layer])
+    if fam.qk in ("bridge-rotary", "gptj"):
+        row_pos = torch.arange(row_start, row_start + st.q.shape[1], device=st.q.device)
+        st.q, st.k = rotate_qk(fam, attn, st.q, st.k, row_pos, st.cos, st.sin)
+        st.q, st.k = st.q.float().contiguous(), st.k.float().contiguous()
+    if fam.post_norm is None:
+        st.o = None  # not needed after b is formed
+    st.cos = st.sin = None
+
+
+def _heads_first(x: Tensor, n_heads: int) -> Tensor:
+    """``[pos, head, dh]`` (or flat ``[pos, head * dh]``) -> ``[head, pos, dh]``.
+
+    Every hook ftlens reads q/k/v from is position-first (checked against
+    ``hook_pattern`` by the family tests)."""
+    if x.ndim == 2:
+        return rearrange(x, "pos (head dh) -> head pos dh", head=n_heads)
+    return rearrange(x, "pos head dh -> head pos dh")
 
 
 def _own(x: Tensor) -> Tensor:

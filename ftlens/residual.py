@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -87,8 +88,10 @@ def _final_norm(model: Any):
     d = int(model.cfg.d_model)
     gamma = torch.ones(d) if gamma is None else gamma.detach().float()
     beta = None if beta is None else beta.detach().float()
-    if "gemma" in type(hf).__name__.lower():  # Gemma RMSNorm multiplies by (1 + weight)
-        gamma = gamma + 1.0
+    if not centre:  # RMS norm: measure g from the module itself (Gemma's 1 + w, others' w)
+        from .families import post_norm_gain
+
+        gamma = post_norm_gain(hf, d)[0].float().cpu()
     return gamma, beta, float(eps), centre
 
 
@@ -159,6 +162,7 @@ def logit_lens(
     dev = w_u.device
     tgt = ids_t[a:b].to(dev)
     rows = slice(a - 1, b - 1)
+    cap = _final_softcap(model)
     out = []
     for name in names:
         x = acts[name][rows].to(dev)
@@ -168,6 +172,8 @@ def logit_lens(
         if beta is not None:
             x = x + beta.to(dev)
         logits = x @ w_u + (0 if b_u is None else b_u)
+        if cap is not None:
+            logits = cap * torch.tanh(logits / cap)
         out.append(logits.log_softmax(-1).gather(-1, tgt[:, None])[:, 0])
     tok_lp = torch.stack(out).cpu()
     toks = model.tokenizer.convert_ids_to_tokens(ids_t[a:b].tolist())
@@ -193,6 +199,7 @@ class DirectLogitAttribution:
     norm_bias: float
     total: float
     span: tuple[int, int]
+    completeness_gap: float = 0.0
 
     @property
     def attn(self) -> Float[Tensor, " layer"]:
@@ -230,14 +237,36 @@ def direct_logit_attribution(
     *,
     ids: Sequence[int] | Tensor | None = None,
     span: tuple[int, int] | None = None,
+    completeness_tol: float | None = None,
 ) -> DirectLogitAttribution:
-    """DLA of every head, MLP and the embeddings to the span's summed target logits."""
+    """DLA of every head, MLP and the embeddings to the span's summed target logits.
+
+    Each block's writes follow its family (method §4): a post-norm's frozen per-token
+    scale ``s_t`` and gain ``g`` multiply each head's write ``s_t g * (z_h W_O[h])``; the
+    MLP's write is the block's actual ``c - b`` (post-feed-forward norm included; for
+    parallel blocks ``b = a + attn_out``).  A guard checks, per read row, that
+    ``x[L] = x[0] + sum_l (heads + bias + mlp)`` (relative L1 gap above
+    ``completeness_tol``, default by dtype as for traces, raises :class:`TraceError`).
+    With a final logit soft-cap (Gemma 2) ``total`` is the logit *before* the cap
+    (``c * atanh(logit / c)``): the parts add up to that.
+    """
+    from .capture import model_info
+    from .tracing import default_tolerance
+
+    info = model_info(model)  # refuses unsupported structures before the forward pass
+    fam = info.family
+    tol = float(completeness_tol) if completeness_tol is not None else default_tolerance(model)
     ids_t, (a, b) = _ids_and_span(trace, ids, span)
     n_layers = int(model.cfg.n_layers)
     last = f"blocks.{n_layers - 1}.hook_out"
     names = ["blocks.0.hook_in", last]
     for l in range(n_layers):
-        names += [f"blocks.{l}.attn.hook_z", f"blocks.{l}.hook_mlp_out"]
+        names += [f"blocks.{l}.hook_in", f"blocks.{l}.attn.hook_z", f"blocks.{l}.hook_out"]
+        if fam.mid_hook is not None:
+            names.append(f"blocks.{l}.{fam.mid_hook}")
+        if fam.needs_attn_out:
+            names.append(f"blocks.{l}.attn.hook_out")
+    names = list(dict.fromkeys(names))
     acts, logits = _run(model, ids_t, names)
     gamma, beta, eps, centre = _final_norm(model)
     w_u, b_u = _unembed(model)
@@ -256,20 +285,37 @@ def direct_logit_attribution(
         return (part * direction).sum(-1)
 
     heads, mlp, attn_bias = [], [], []
-    for l, block in enumerate(model.blocks):
-        z = acts[f"blocks.{l}.attn.hook_z"][rows].to(dev)  # [tok, head, dh]
-        w_o = block.attn.W_O.detach().float().to(dev)  # [head, dh, d]
-        per_head = torch.einsum("thk,hkd->thd", z, w_o)
-        heads.append(torch.einsum("thd,td->h", per_head, direction))
-        b_o = getattr(block.attn, "b_O", None)
-        attn_bias.append(
-            read(b_o.detach().float().to(dev).expand_as(x_fin)).sum() if b_o is not None else torch.zeros(())
+    rebuilt = acts["blocks.0.hook_in"][rows].to(dev).clone()
+    for l in range(n_layers):
+        get = lambda name: acts[f"blocks.{l}.{name}"][rows].to(dev)  # noqa: E731
+        z = _heads_first_rows(get("attn.hook_z"), info.n_heads)  # [tok, head, dh]
+        per_head = torch.einsum("thk,hkd->thd", z, info.w_o[l].to(dev))  # g folded in (post-norm)
+        bias_w = info.b_o[l].to(dev).expand_as(x_fin) if info.b_o[l] is not None else torch.zeros_like(x_fin)
+        if fam.post_norm is not None:
+            s_t = torch.rsqrt(get("attn.hook_out").pow(2).mean(-1) + info.norm_eps[l])  # [tok]
+            per_head = per_head * s_t[:, None, None]
+            bias_w = bias_w * s_t[:, None]
+        mid = get(fam.mid_hook) if fam.mid_hook is not None else get("hook_in") + get("attn.hook_out")
+        mlp_w = get("hook_out") - mid
+        centred = per_head - per_head.mean(-1, keepdim=True) if centre else per_head
+        heads.append(torch.einsum("thd,td->h", centred, direction))
+        attn_bias.append(read(bias_w).sum())
+        mlp.append(read(mlp_w).sum())
+        rebuilt += per_head.sum(1) + bias_w + mlp_w
+    gap = float((x_fin - rebuilt).abs().sum() / x_fin.abs().sum().clamp_min(1e-30))
+    if gap > tol:
+        raise TraceError(
+            f"completeness guard (DLA): the decomposed writes miss {gap:.2e} of the final residual "
+            f"(relative L1; tolerance {tol:.0e}; block family {fam.kind!r}); remove hooks you "
+            "registered on the model, run in float32, or pass completeness_tol="
         )
-        mlp.append(read(acts[f"blocks.{l}.hook_mlp_out"][rows].to(dev)).sum())
     embed = read(acts["blocks.0.hook_in"][rows].to(dev)).sum()
     unembed_bias = b_u[tgt].sum() if b_u is not None else torch.zeros(())
     norm_bias = (beta.to(dev) @ w_u[:, tgt]).sum() if beta is not None else torch.zeros(())
-    total = logits[rows].to(dev).gather(-1, tgt[:, None]).sum()
+    target_logits = logits[rows].to(dev).gather(-1, tgt[:, None])
+    cap = _final_softcap(model)
+    if cap is not None:
+        target_logits = cap * torch.atanh((target_logits / cap).clamp(-1 + 1e-7, 1 - 1e-7))
     return DirectLogitAttribution(
         heads=torch.stack(heads).cpu(),
         mlp=torch.stack(mlp).cpu(),
@@ -277,9 +323,23 @@ def direct_logit_attribution(
         embed=float(embed),
         unembed_bias=float(unembed_bias),
         norm_bias=float(norm_bias),
-        total=float(total),
+        total=float(target_logits.sum()),
         span=(a, b),
+        completeness_gap=gap,
     )
+
+
+def _heads_first_rows(z: Tensor, n_heads: int) -> Tensor:
+    """``hook_z`` rows as ``[tok, head, dh]`` (some bridges fire it flat ``[tok, head * dh]``)."""
+    return rearrange(z, "tok (head dh) -> tok head dh", head=n_heads) if z.ndim == 2 else z
+
+
+def _final_softcap(model: Any) -> float | None:
+    """The final logit soft-cap ``c`` (``logits = c * tanh(raw / c)``; Gemma 2), or ``None``."""
+    from .families import hf_config
+
+    cap = getattr(hf_config(model), "final_logit_softcapping", None)
+    return float(cap) if cap else None
 
 
 # ---------------------------------------------------------------------- trace shares

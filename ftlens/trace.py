@@ -41,7 +41,9 @@ class HopRecord:
     ``scores[pos]``: this hop's contribution to the final scores (``c_k * p_k`` on
     input positions); ``heads[layer, head, pos]``: the hop's normalised shares
     ``e_k``; ``residual``/``bias``/``mlp``: per-layer shares; ``weight = c_k``,
-    ``norm = sum v_k``; ``thinking_ratio = |mu_k|``.
+    ``norm = sum v_k``; ``thinking_ratio = |mu_k|``; ``gap[layer]``: the completeness
+    guard's relative L1 gap of this hop's span at each layer (method §1b; ``None`` in
+    files written before ftlens recorded it).
     """
 
     weight: float
@@ -52,6 +54,7 @@ class HopRecord:
     residual: Float[Tensor, " layer"]
     bias: Float[Tensor, " layer"]
     mlp: Float[Tensor, " layer"]
+    gap: Float[Tensor, " layer"] | None = None
 
     @property
     def head_share(self) -> Float[Tensor, " layer"]:
@@ -223,6 +226,14 @@ class Trace:
         h = self.hops[hop]
         return {"heads": h.head_share, "residual": h.residual, "bias": h.bias, "mlp": h.mlp}
 
+    @property
+    def completeness(self) -> Float[Tensor, "hop layer"] | None:
+        """The completeness guard's relative gap per hop and layer (method §1b), or ``None``
+        for files written before it was recorded."""
+        if any(h.gap is None for h in self.hops):
+            return None
+        return torch.stack([h.gap.float() for h in self.hops])
+
     def summary(self, k: int = 10) -> str:
         """A compact text table of the top prompt tokens and top heads."""
         lines = [f"ftlens {self.method} trace of {self.model}: {len(self.tokens)} positions"]
@@ -231,6 +242,14 @@ class Trace:
             + (f", reasoning {self.reasoning[0]}:{self.reasoning[1]}" if self.reasoning else ", no reasoning")
             + ("; hop 0 explains reasoning + output" if self.params.get("explain") == "target" else "")
         )
+        gaps = self.completeness
+        if gaps is not None:
+            worst = int(torch.argmax(gaps.amax(dim=0)))
+            tol = self.params.get("completeness_tol")
+            lines.append(
+                f"completeness: max relative gap {float(gaps.max()):.1e} (layer {worst})"
+                + (f", tolerance {tol:.0e}" if isinstance(tol, (int, float)) else "")
+            )
         if self.method == "flashtrace":
             ratios = ", ".join(f"{r:.3f}" for r in self.thinking_ratios)
             lines.append(
@@ -293,6 +312,7 @@ class Trace:
                     "residual": _tolist(h.residual),
                     "bias": _tolist(h.bias),
                     "mlp": _tolist(h.mlp),
+                    "completeness_gap": _tolist(h.gap) if h.gap is not None else None,
                 }
                 for h in self.hops
             ],
@@ -324,6 +344,7 @@ class Trace:
                     residual=_tensor(h["residual"], 1),
                     bias=_tensor(h["bias"], 1),
                     mlp=_tensor(h["mlp"], 1),
+                    gap=_tensor(h["completeness_gap"], 1) if h.get("completeness_gap") is not None else None,
                 )
                 for h in _list(d["hops"])
             ]
@@ -527,7 +548,8 @@ def _check_consistent(tr: "Trace") -> None:
     for h in tr.hops:
         if h.heads.ndim != 3 or h.heads.shape != shape or shape[-1] != n or min(shape) == 0:
             raise bad("hop head tensors do not match the number of tokens")
-        if h.scores.numel() != n or any(x.numel() != shape[0] for x in (h.residual, h.bias, h.mlp)):
+        per_layer = (h.residual, h.bias, h.mlp) + ((h.gap,) if h.gap is not None else ())
+        if h.scores.numel() != n or any(x.numel() != shape[0] for x in per_layer):
             raise bad("hop score or per-layer tensors have the wrong length")
     if tr.row_scores is not None and (tr.row_scores.ndim != 2 or tr.row_scores.shape[1] != n):
         raise bad("row_scores do not match the number of tokens")

@@ -67,6 +67,7 @@ def trace(
     chat_template: bool | None = None,
     max_new_tokens: int = 128,
     progress: bool = False,
+    completeness_tol: float | None = None,
 ) -> Trace:
     """Attribute the output span of ``target`` to every earlier position.
 
@@ -79,6 +80,10 @@ def trace(
     puts on reasoning tokens).  Same result when there is no reasoning span.
     ``threshold`` zeroes normalised per-layer shares below it (off by default).
     With ``target=None`` the model first generates ``max_new_tokens`` greedily.
+    ``completeness_tol``: the completeness guard's tolerance on each layer's relative L1
+    gap (method §1b); default :func:`default_tolerance` of the model's dtype (1e-4 in
+    float32).  Above it the trace raises :class:`TraceError` naming the layer.
+    Unsupported model structures are refused before any forward pass.
     """
     if method not in METHODS:
         raise TraceError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -88,6 +93,10 @@ def trace(
         raise TraceError(f"hops must be an integer >= 0, got {hops!r}")
     if threshold is not None and not (0 <= threshold < 1):
         raise TraceError(f"threshold must be in [0, 1), got {threshold!r}")
+    if completeness_tol is not None and not (isinstance(completeness_tol, (int, float)) and completeness_tol > 0):
+        raise TraceError(f"completeness_tol must be a number > 0, got {completeness_tol!r}")
+    info = model_info(model)  # refuses unsupported structures before any forward pass
+    tol = float(completeness_tol) if completeness_tol is not None else default_tolerance(model)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     if target is None:
@@ -96,7 +105,6 @@ def trace(
     seq = build_sequence(
         model.tokenizer, prompt, target, output=output, reasoning=reasoning, chat_template=chat_template
     )
-    info = model_info(model)
     if info.n_ctx is not None and seq.n > int(info.n_ctx):
         raise SpanError(
             f"the sequence has {seq.n} tokens but the model's context is {info.n_ctx}; "
@@ -117,7 +125,7 @@ def trace(
         first, last = explained_span(seq.output, seq.reasoning, explain)
         rows = torch.arange(first - row_start, last - row_start, device=row_pos.device)
         bar = Progress(enabled=progress, total=info.n_layers, desc="tokenwise")
-        tw = tokenwise_shares(states, info, row_pos, rows, threshold, progress=bar.step)
+        tw = tokenwise_shares(states, info, row_pos, rows, threshold, progress=bar.step, tol=tol)
         bar.close()
         scores = tw.mean.scores.cpu()
         hop_records = [_record(1.0, float(scores.sum()), 0.0, scores, tw.mean)]
@@ -128,7 +136,7 @@ def trace(
         bar = Progress(enabled=progress, total=info.n_layers * (k + 1), desc="attribution")
 
         def span_fn(w: torch.Tensor):
-            return span_shares(states, info, row_pos, w.to(row_pos.device), threshold, progress=bar.step)
+            return span_shares(states, info, row_pos, w.to(row_pos.device), threshold, progress=bar.step, tol=tol)
 
         rec = recurse(span_fn, seq.n, row_start, seq.output, seq.reasoning, k, explain=explain)
         bar.close()
@@ -151,7 +159,7 @@ def trace(
         method=method,
         params={"hops": hops if method == "flashtrace" else 0, "threshold": threshold,
                 "chat_template": chat_template, "rows": n_rows,
-                "explain": explain},
+                "explain": explain, "completeness_tol": tol, "family": info.family.kind},
         ids=seq.ids.tolist(),
         tokens=seq.tokens,
         roles=seq.roles,
@@ -177,4 +185,20 @@ def _record(weight, norm, ratio, scores, shares) -> HopRecord:
         residual=shares.residual.cpu().float(),
         bias=shares.bias.cpu().float(),
         mlp=shares.mlp.cpu().float(),
+        gap=shares.gap.cpu().float() if shares.gap is not None else None,
     )
+
+
+#: The completeness guard's default tolerance per model dtype (relative L1 gap per layer).
+#: float32: decompositions close to ~1e-6; half precision rounds every captured activation
+#: (and ``b - a`` loses bits to the residual's size), measured in analyses/bench_speed.py.
+TOLERANCES = {torch.float32: 1e-4, torch.float64: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
+
+
+def default_tolerance(model: Any) -> float:
+    """The guard's tolerance for the dtype the model runs in (see :data:`TOLERANCES`)."""
+    try:
+        dtype = next(model.parameters()).dtype
+    except (StopIteration, AttributeError, TypeError):
+        dtype = torch.float32
+    return TOLERANCES.get(dtype, 1e-4)
