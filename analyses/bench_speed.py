@@ -11,6 +11,8 @@ Contenders (``--contenders``, default all):
     ft-flashtrace-h2   ftlens.trace(method="flashtrace", hops=2)
     ft-ifr-span        ftlens.trace(method="ifr-span")
     ft-ifr-tokenwise   ftlens.trace(method="ifr-tokenwise")  (rows = answer tokens)
+    ft-flashtrace-h1-noguard  as ft-flashtrace-h1 with the completeness guard's gap computation
+                       replaced by zeros (measures the guard's cost; not a user option)
     reference          flashtrace.FlashTrace(...).trace(method="flashtrace", hops=1) on the
                        plain Hugging Face model (eager attention, which it needs), same ids/spans
     bridge-forward     one forward of the same tokens through the TransformerBridge (logits)
@@ -55,6 +57,7 @@ CONTENDERS = (
     "ft-flashtrace-h2",
     "ft-ifr-span",
     "ft-ifr-tokenwise",
+    "ft-flashtrace-h1-noguard",
     "reference",
     "bridge-forward",
     "hf-sdpa",
@@ -223,8 +226,13 @@ def run_contender(c, model, hf, tok, prompt, target, device, progress) -> dict:
     extra: dict = {}
     if c.startswith("ft-"):
         method = {"ft-flashtrace-h1": "flashtrace", "ft-flashtrace-h2": "flashtrace",
-                  "ft-ifr-span": "ifr-span", "ft-ifr-tokenwise": "ifr-tokenwise"}[c]
+                  "ft-ifr-span": "ifr-span", "ft-ifr-tokenwise": "ifr-tokenwise",
+                  "ft-flashtrace-h1-noguard": "flashtrace"}[c]
         hops = 2 if c.endswith("h2") else 1
+        if c.endswith("-noguard"):
+            import ftlens.aggregate as agg
+
+            agg.completeness_gap = lambda y, *rest: torch.zeros(y.shape[0])
         tr = ftlens.trace(model, prompt, target, method=method, hops=hops, chat_template=False,
                           progress=progress)
         extra = {k: round(v, 3) for k, v in tr.timings.items()}

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Faithfulness benchmark: every method x task -> RISE, MAS, Recovery@10%, insertion AUC, s/example.
 
-Metrics are ftlens.evaluate (spec section 7): deletion curve over k groups of user-prompt
+Metrics are ftlens.evaluate (method §13): deletion curve over k groups of user-prompt
 tokens, each replaced by one fixed token (the same for every method), scored on the answer
 span and on the whole target.  Two calibration rows: ``random`` (a random ordering) and
 ``evidence-first`` (evidence tokens deleted first).  Outputs under --out:

@@ -3,7 +3,7 @@
 
 For every example: one flashtrace trace (hops=1) ranks (layer, head) by the attribution it
 carries to user-prompt tokens, in two ways: ``ftlens`` = ``Trace.top_heads(where="prompt",
-weighting="share")`` (the mass-weighted per-layer shares, spec section 4) and ``ftlens-route`` =
+weighting="share")`` (the mass-weighted per-layer shares, method §11.1) and ``ftlens-route`` =
 ``Trace.top_heads(where="prompt", weighting="route")`` (the default; each layer's shares times its route
 weight, the share of the span's final residual stream that layer's attention output still is).
 Two comparison rankings: k random heads (``--random-draws`` seeded draws per example, their

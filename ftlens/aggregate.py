@@ -1,4 +1,4 @@
-"""Span-wise and token-wise aggregation over all layers (spec sections 2 and 3).
+"""Span-wise and token-wise aggregation over all layers (method §7, §8).
 
 A *virtual target* is a weighted sum of target rows ``w[t] >= 0``:
 
@@ -33,7 +33,7 @@ class SpanShares:
 
     ``heads[l, h, s]`` is ``e``; ``residual[l]``, ``bias[l]`` complete each layer to 1;
     ``mlp[l]`` is the MLP share of the block output (reported, not used in scores);
-    ``gap[l]`` the completeness guard's relative gap at layer ``l`` (method §1b).
+    ``gap[l]`` the completeness guard's relative gap at layer ``l`` (method §3).
     """
 
     heads: Float[Tensor, "layer head src"]
@@ -78,7 +78,7 @@ def span_shares(
     """Shares of the virtual target ``sum_t weights[t] * row t`` (rows = tracked positions).
 
     With a post-norm's frozen scales ``s_t`` (``LayerState.row_scale``), the attention rows
-    and the bias are weighted by ``w_t s_t`` (method §1b); ``y`` and ``x`` by ``w_t``.
+    and the bias are weighted by ``w_t s_t`` (method §4.2); ``y`` and ``x`` by ``w_t``.
     Each layer's completeness gap is computed and checked against ``tol`` (``None``: not checked).
     """
     home = states[0].a.device  # results gather here; layers may sit on other devices (device_map)

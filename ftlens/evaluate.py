@@ -1,4 +1,4 @@
-"""Faithfulness metrics (spec section 7): deletion / insertion curves, RISE, MAS, Recovery@k%.
+"""Faithfulness metrics (method §13): deletion / insertion curves, RISE, MAS, Recovery@k%.
 
 Definitions (``n`` user-prompt tokens, ``k`` groups, default 20):
 

@@ -1,6 +1,6 @@
 """Block families: what ``a``, ``b``, the per-head write and the attention recomputation are.
 
-ftlens decomposes each block's attention update exactly (method §1-§2):
+ftlens decomposes each block's attention update exactly (method §3-§4):
 
     b_t - a_t = sum_{h, s} z[h, t <- s] + bias part
 
@@ -92,7 +92,7 @@ SUPPORTED: dict[str, tuple[str, str]] = {
     "phi": ("parallel", "rot"),
 }
 
-#: model_type -> why ftlens refuses it (structures method §1b leaves out).
+#: model_type -> why ftlens refuses it (method §6).
 REFUSED: dict[str, str] = {
     "bloom": "ALiBi attention biases (no rotary or absolute positions)",
     "mpt": "ALiBi attention biases",

@@ -1,4 +1,4 @@
-"""Information-Flow-Routes proximities and per-layer shares (spec sections 1-3).
+"""Information-Flow-Routes proximities and per-layer shares (method §2, §3, §7, §8).
 
 For a "virtual target" with residual sums ``y`` (after the attention add),
 ``x`` (block input) and attention rows ``Abar``:
@@ -96,7 +96,7 @@ def completeness_gap(
     v: Float[Tensor, "kv src dh"],
     w_o: Float[Tensor, "head dh d"],
 ) -> Float[Tensor, " row"]:
-    """Relative L1 gap of the decomposition (method §1b, the completeness guard):
+    """Relative L1 gap of the decomposition (method §3, the completeness guard):
 
         gap = |(y - x) - sum_{h,s} attn[h, s] u[h, s] - bias|_1 / |y - x|_1
 

@@ -1,4 +1,4 @@
-"""Recursive attribution through reasoning tokens (spec section 4).
+"""Recursive attribution through reasoning tokens (method §10).
 
 Regions (absolute, half-open): inputs ``[0, r0)``, pending ``[r0, o0)``, output
 ``[o0, o1)``, with ``r0`` the start of the reasoning span (or ``o0`` when there is
@@ -81,7 +81,7 @@ def recurse(
 ) -> Recursion:
     """Run hops 0..K.  ``span_fn(weights over tracked rows [row_start, n_pos))`` -> shares.
 
-    ``explain`` names what hop 0 explains: ``"output"`` (the answer span ``O``, spec section 4)
+    ``explain`` names what hop 0 explains: ``"output"`` (the answer span ``O``, method §10)
     or ``"target"`` (every target token from the reasoning start to the answer end,
     ``[r0, o1)``, uniform weights: what a whole-target faithfulness metric scores).  In both
     cases the mass hop 0 puts on pending tokens is recursed and the mass on ``O`` is reported.

@@ -42,7 +42,7 @@ class HopRecord:
     input positions); ``heads[layer, head, pos]``: the hop's normalised shares
     ``e_k``; ``residual``/``bias``/``mlp``: per-layer shares; ``weight = c_k``,
     ``norm = sum v_k``; ``thinking_ratio = |mu_k|``; ``gap[layer]``: the completeness
-    guard's relative L1 gap of this hop's span at each layer (method §1b; ``None`` in
+    guard's relative L1 gap of this hop's span at each layer (method §3; ``None`` in
     files written before ftlens recorded it).
     """
 
@@ -228,7 +228,7 @@ class Trace:
 
     @property
     def completeness(self) -> Float[Tensor, "hop layer"] | None:
-        """The completeness guard's relative gap per hop and layer (method §1b), or ``None``
+        """The completeness guard's relative gap per hop and layer (method §3), or ``None``
         for files written before it was recorded."""
         if any(h.gap is None for h in self.hops):
             return None

@@ -1,4 +1,4 @@
-"""A slow, obviously-correct IFR/FlashTrace reference written from the spec.
+"""A slow, obviously-correct IFR/FlashTrace reference written from the method (docs/method.md).
 
 It uses the model's own attention patterns and values from ``run_with_cache``
 (no recomputation, no chunking) and explicit Python loops over layers, heads,

@@ -1,5 +1,5 @@
 """A slow, obviously-correct IFR / FlashTrace reference for every supported block family,
-written from the Hugging Face modules' own outputs (spec sections 1, 1b, 2, 3, 4).
+written from the Hugging Face modules' own outputs (method §1-§4, §7, §8, §10).
 
 Independent of ftlens' engine, capture and of the TransformerBridge: it builds its OWN plain
 HF instance (``ftlens.models._tiny_hf_model(arch, seed=...)`` again, same weights as the

@@ -1,4 +1,4 @@
-"""The engine against the spec: completeness, normalisation, span facts, brute force."""
+"""The engine against the method (docs/method.md): completeness, normalisation, span facts, brute force."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _setup(model, prompt=PROMPT, target=TARGET):
 
 
 def test_capture_hooks_carry_resid_pre_mid_post(tiny):
-    """Our real hook names carry what the spec calls a, b, c (aliases checked numerically)."""
+    """Our real hook names carry what the method calls a, b, c (aliases checked numerically)."""
     seq, info, states, _ = _setup(tiny)
     _, cache = tiny.run_with_cache(seq.ids[None])
     p = seq.prompt_len

@@ -1,4 +1,4 @@
-"""The proximity and per-layer share formulas on hand-made numbers (spec sections 1-2)."""
+"""The proximity and per-layer share formulas on hand-made numbers (method §2, §7)."""
 
 from __future__ import annotations
 
