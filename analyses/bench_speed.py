@@ -233,7 +233,8 @@ def run_contender(c, model, hf, tok, prompt, target, device, progress) -> dict:
             import ftlens.aggregate as agg
 
             agg.completeness_gap = lambda y, *rest: torch.zeros(y.shape[0])
-        tr = ftlens.trace(model, prompt, target, method=method, hops=hops, chat_template=False,
+        tr = ftlens.trace(model, prompt, target, method=method, hops=hops if method == "flashtrace" else None,
+                          chat_template=False,
                           progress=progress)
         extra = {k: round(v, 3) for k, v in tr.timings.items()}
     elif c == "bridge-forward":

@@ -66,6 +66,25 @@ def check_completeness(gap: float, layer: int, tol: float | None, info: ModelInf
     )
 
 
+def check_threshold(largest: list[float], threshold: float | None) -> None:
+    """Refuse a threshold that zeroes every head share of some layer.
+
+    ``largest[l]``: layer ``l``'s largest head share before the threshold (over rows: the
+    smallest such).  A layer left with no head share contributes nothing, and a threshold
+    above every layer's largest share gives an all-zero trace: never what was asked for.
+    """
+    if threshold is None or threshold <= 0:
+        return
+    wiped = [l for l, x in enumerate(largest) if x < threshold]
+    if wiped:
+        keep = min(largest)
+        raise TraceError(
+            f"threshold {threshold:g} removes every head share of {len(wiped)} layer(s) (first: layer "
+            f"{wiped[0]}, largest share {largest[wiped[0]]:.2g}); thresholds below {keep:.2g} keep a "
+            "share in every layer for this input (shares shrink as sources grow), or use none"
+        )
+
+
 def span_shares(
     states: list[LayerState],
     info: ModelInfo,
@@ -82,7 +101,7 @@ def span_shares(
     Each layer's completeness gap is computed and checked against ``tol`` (``None``: not checked).
     """
     home = states[0].a.device  # results gather here; layers may sit on other devices (device_map)
-    heads, res, bias, mlp, gaps = [], [], [], [], []
+    heads, res, bias, mlp, gaps, largest = [], [], [], [], [], []
     for layer, st in enumerate(states):
         w = weights.float()[None].to(st.b.device)
         wa = w if st.row_scale is None else w * st.row_scale[None]
@@ -93,6 +112,7 @@ def span_shares(
         gap = float(completeness_gap(y, x, bias_total, abar, st.v, info.w_o[layer])[0])
         check_completeness(gap, layer, tol, info)
         sh = layer_shares(y, x, bias_total, abar, st.v, info.w_o[layer], threshold)
+        largest.append(float(sh.largest.min()))
         heads.append(sh.heads[0].to(home))
         res.append(sh.residual[0].to(home))
         bias.append(sh.bias[0].to(home))
@@ -100,6 +120,7 @@ def span_shares(
         gaps.append(gap)
         if progress is not None:
             progress(layer)
+    check_threshold(largest, threshold)
     return SpanShares(
         torch.stack(heads), torch.stack(res), torch.stack(bias), torch.stack(mlp), torch.tensor(gaps)
     )
@@ -135,10 +156,10 @@ def tokenwise_shares(
     n_src = states[0].k.shape[1]
     home = states[0].a.device  # results gather here; layers may sit on other devices (device_map)
     row_scores = torch.zeros(n_rows, n_src, dtype=torch.float32, device=home)
-    heads, res, bias, mlp, gaps = [], [], [], [], []
+    heads, res, bias, mlp, gaps, largest = [], [], [], [], [], []
     for layer, st in enumerate(states):
         rows, row_pos = rows.to(st.a.device), row_pos.to(st.a.device)
-        l_gap = 0.0
+        l_gap, l_largest = 0.0, float("inf")
         l_heads = torch.zeros(info.n_heads, n_src, dtype=torch.float32, device=st.a.device)
         l_res = l_bias = torch.zeros((), device=st.a.device)
         for start in range(0, n_rows, row_chunk):
@@ -154,6 +175,7 @@ def tokenwise_shares(
             check_completeness(gap, layer, tol, info)
             l_gap = max(l_gap, gap)
             sh = layer_shares(st.b[idx], st.a[idx], bias_total, attn, st.v, info.w_o[layer], threshold)
+            l_largest = min(l_largest, float(sh.largest.min()))
             row_scores[start : start + idx.numel()] += sh.heads.sum(dim=1).to(home)
             l_heads += sh.heads.sum(dim=0)
             l_res = l_res + sh.residual.sum()
@@ -163,8 +185,10 @@ def tokenwise_shares(
         bias.append((l_bias / n_rows).to(home))
         mlp.append(mlp_share(st.b[rows], st.c[rows]).mean().to(home))
         gaps.append(l_gap)
+        largest.append(l_largest)
         if progress is not None:
             progress(layer)
+    check_threshold(largest, threshold)
     mean = SpanShares(
         torch.stack(heads), torch.stack(res), torch.stack(bias), torch.stack(mlp), torch.tensor(gaps)
     )

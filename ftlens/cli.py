@@ -100,7 +100,7 @@ def parse_span(value: Any, flag: str, occurrence: int | None = None, allow_none:
     return Select(text=value, occurrence=occurrence)
 
 
-def _check_trace_options(method: str, hops: int, threshold: float | None = None) -> None:
+def _check_trace_options(method: str, hops: int | None, threshold: float | None = None) -> None:
     """The checks :func:`ftlens.trace` makes, done before the model loads."""
     from .tracing import METHODS
 
@@ -109,8 +109,12 @@ def _check_trace_options(method: str, hops: int, threshold: float | None = None)
 
     if method not in METHODS:
         raise TraceError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if hops < 0:
-        raise TraceError(f"hops must be an integer >= 0, got {hops}; use --hops 0 for no recursion")
+    from .tracing import MAX_HOPS
+
+    if hops is not None and not 0 <= hops <= MAX_HOPS:
+        raise TraceError(f"hops must be an integer in [0, {MAX_HOPS}], got {hops}; use --hops 0 for no recursion")
+    if hops not in (None, 0) and method != "flashtrace":
+        raise TraceError(f"--hops applies to --method flashtrace only ({method} makes one pass); drop --hops")
 
 
 def _check_prompt(prompt: str) -> None:
@@ -288,7 +292,8 @@ def _model_options(p: argparse.ArgumentParser) -> None:
 def _method_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("attribution")
     g.add_argument("--method", default="flashtrace", help="flashtrace (default), ifr-span or ifr-tokenwise")
-    g.add_argument("--hops", type=int, default=1, help="recursion hops through the reasoning span (flashtrace; default 1)")
+    g.add_argument("--hops", type=int, default=None,
+                   help="recursion hops through the reasoning span (flashtrace only; default 1)")
     g.add_argument("--explain", choices=["output", "target"], default="output",
                    help="what hop 0 explains: output = the answer span (default), target = reasoning + answer")
     g.add_argument("--threshold", type=float, default=None, help="zero normalised per-layer shares below this, in [0, 1)")

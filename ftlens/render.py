@@ -53,6 +53,8 @@ __all__ = [
 ROLE_COLORS = {"template": "#9e9e9e", "prompt": "#1f77b4", "reasoning": "#ff7f0e", "output": "#2ca02c",
                "other": "#7f7f7f"}
 _INLINE = True
+#: The one head ranking every view uses (``Trace.top_heads`` default, README "Ranking heads").
+HEAD_UNIT = "route-weighted mass"
 CSS = """
 .ftlens{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:#222;max-width:1100px}
 .ftlens h2{font-size:1.15em;margin:1.2em 0 .3em}.ftlens h3{font-size:1em;margin:.8em 0 .2em}
@@ -296,13 +298,20 @@ def hop_channels(trace: Trace) -> View:
 
 def head_channels(trace: Trace, k: int = 8, where: str = "prompt") -> View:
     """One channel per top-``k`` (layer, head): its attribution to every position."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        from .errors import TraceError
+
+        raise TraceError(f"k must be an integer >= 1 (the number of heads to show), got {k!r}")
     heads = trace.top_heads(k, where=where)
-    att = trace.head_attribution
+    att = trace.head_attribution_routed
     cols = torch.stack([att[h.layer, h.head].float() for h in heads], 1)
     labels = [f"L{h.layer}H{h.head}" for h in heads]
     return View(
-        [_h(f"Top-{len(heads)} heads"), _note("One channel per (layer, head), ranked by route-weighted mass "
-                                              f"on {where} tokens (Trace.top_heads); values: head_attribution."),
+        [_h(f"Top-{len(heads)} heads"),
+         _note(f"One channel per (layer, head), ranked by {HEAD_UNIT} on {where} tokens "
+               "(<code>Trace.top_heads</code>); each channel shows that head's route-weighted attribution to "
+               "every token (<code>Trace.head_attribution_routed</code>), so its sum over the "
+               f"{where} tokens is the ranking score."),
          _multi(trace, cols, labels, trace.inputs_end)],
         "Top heads",
     )
@@ -314,27 +323,35 @@ def _color(v: float, vmax: float) -> str:
     return f"rgb({r},{g},{b})"
 
 
-def head_grid(trace: Trace, where: str = "prompt", *, decimals: int = 4) -> View:
-    """Layer x head grid of attribution mass on ``where`` tokens; click a cell for its heatmap.
+def _sig(x: float, digits: int) -> float:
+    """``x`` rounded to ``digits`` significant digits (route-weighted values can be ~1e-6)."""
+    return float(f"{x:.{digits}g}")
 
-    The page carries every head's per-token attribution (rounded); clicking renders a
-    CircuitsVis ``ColoredTokens`` for that head below the grid.
+
+def head_grid(trace: Trace, where: str = "prompt", *, digits: int = 4) -> View:
+    """Layer x head grid of route-weighted attribution mass on ``where`` tokens; click a cell for its heatmap.
+
+    Cell ``(l, h)`` is coloured by ``sum_{s in where} head_attribution_routed[l, h, s]``, the
+    score :meth:`Trace.top_heads` ranks by (README "Ranking heads"), and the grid opens on
+    ``top_heads(1, where)``.  The page carries every head's per-token routed attribution
+    (``digits`` significant digits); clicking renders a CircuitsVis ``ColoredTokens`` of it.
     """
     pos = trace.positions(where)
-    att = trace.head_attribution.float()
+    att = trace.head_attribution_routed.float()
     mass = att[:, :, pos].sum(-1)
     vmax = float(mass.max())
     n_l, n_h = mass.shape
+    top = trace.top_heads(1, where=where)[0]
     gid = "ftgrid-" + uuid.uuid4().hex[:10]
     a, upto = _first_text(trace), trace.inputs_end
     data = {
         "tokens": _display_tokens(trace.tokens[a:upto]),
-        "values": [[[round(float(x), decimals) for x in att[l, h, a:upto]] for h in range(n_h)] for l in range(n_l)],
+        "values": [[[_sig(float(x), digits) for x in att[l, h, a:upto]] for h in range(n_h)] for l in range(n_l)],
     }
     rows = ["<tr><th></th>" + "".join(f"<th>H{h}</th>" for h in range(n_h)) + "</tr>"]
     for l in range(n_l):
         cells = "".join(
-            f'<td data-l="{l}" data-h="{h}" title="L{l}H{h}: {float(mass[l, h]):.4f}" '
+            f'<td data-l="{l}" data-h="{h}" data-v="{float(mass[l, h])!r}" title="L{l}H{h}: {float(mass[l, h]):.4g}" '
             f'style="background:{_color(float(mass[l, h]), vmax)}"></td>'
             for h in range(n_h)
         )
@@ -348,15 +365,14 @@ function show(td){{
   td.classList.add("ft-sel");
   var l=+td.dataset.l,h=+td.dataset.h,vals=D.values[l][h],m=0;
   vals.forEach(function(v){{m=Math.max(m,Math.abs(v));}});
-  lab.textContent="Layer "+l+", head "+h+" ("+td.title.split(": ")[1]+")";
+  lab.textContent="Layer "+l+", head "+h+" ({HEAD_UNIT} "+td.title.split(": ")[1]+")";
   out.innerHTML=""; var d=document.createElement("div"); d.id="{gid}-cv"+l+"_"+h+"_"+Date.now(); out.appendChild(d);
   if(typeof CircuitsVis!=="undefined"){{CircuitsVis.render(d.id,CircuitsVis.ColoredTokens,
     {{tokens:D.tokens,values:vals,minValue:-(m||1),maxValue:(m||1)}});}}
 }}
 grid.addEventListener("click",function(e){{var td=e.target.closest("td");if(td)show(td);}});
-var best=null,bv=-1;grid.querySelectorAll("td").forEach(function(td){{
-  var v=parseFloat(td.title.split(": ")[1]);if(v>bv){{bv=v;best=td;}}}});
-if(best)show(best);
+var first=grid.querySelector('td[data-l="{top.layer}"][data-h="{top.head}"]');
+if(first)show(first);
 }})();</script>"""
     table = (
         f'<table class="ft-grid" id="{gid}">{"".join(rows)}</table>'
@@ -364,8 +380,10 @@ if(best)show(best);
     )
     return View(
         [_h("Layer × head attribution"),
-         _note(f"Mass each (layer, head) carries to {where} tokens (darker = more). "
-               "Click a cell to see that head's token heatmap; the strongest head is shown first."),
+         _note(f"Colour: each (layer, head)'s {HEAD_UNIT} on {where} tokens (darker = more): its attribution "
+               "weighted by how much of the output its layer's attention still is, the score "
+               "<code>Trace.top_heads</code> and the top-heads table rank by. Click a cell to see that head's "
+               f"token heatmap; the grid opens on the top-ranked head, L{top.layer}H{top.head}."),
          Part(html=table + script)],
         "Layer x head grid",
     )
@@ -431,10 +449,27 @@ def top_table(trace: Trace, k: int = 10, where: str = "prompt") -> View:
     html_ = (
         '<table class="ft-table ft-top-tokens"><tr><th>rank</th><th>pos</th><th>token</th><th>score</th></tr>'
         f"{tok_rows}</table>"
-        '<table class="ft-table ft-top-heads"><tr><th>rank</th><th>layer</th><th>head</th><th>score</th></tr>'
-        f"{head_rows}</table>"
+        '<table class="ft-table ft-top-heads"><tr><th>rank</th><th>layer</th><th>head</th>'
+        f"<th>{HEAD_UNIT}</th></tr>{head_rows}</table>"
     )
-    return View([_h(f"Top {k} ({where} tokens)"), Part(html=html_)], "Top-k")
+    return View([_h(f"Top {k} ({where} tokens)"), Part(html=html_), _mass_note(trace, where)], "Top-k")
+
+
+def _mass_note(trace: Trace, where: str = "prompt") -> Part:
+    """The inputs' final mass split by role, and (for a prompt-only table) the template tokens holding mass."""
+    text = (
+        f"Final mass on the inputs <b>{float(trace.scores[: trace.inputs_end].sum()):.3f}</b>: "
+        f"user prompt <b>{trace.prompt_mass:.3f}</b>, chat template <b>{trace.template_mass:.3f}</b>, "
+        f"other <b>{trace.other_mass:.3f}</b>."
+    )
+    template = [t for t in trace.top_template(3) if t.score > 0] if where == "prompt" else []
+    if template:
+        toks = ", ".join(f"<code>{html.escape(repr(t.token))}</code>@{t.pos} {t.score:.4f}" for t in template)
+        text += (
+            f" Chat-template tokens holding the most mass (not in the token table, which ranks the user's "
+            f'prompt): {toks}; <code>tr.top(k, where="input")</code> ranks every input token.'
+        )
+    return _note(text)
 
 
 def _header(trace: Trace) -> Part:
@@ -562,18 +597,21 @@ def comparison_view(cmp: Any) -> View:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
     ax1.scatter(cmp.trace_mass.flatten().numpy(), cmp.dla.flatten().numpy(), s=8, alpha=0.6)
     ax1.axhline(0, color="k", lw=0.5)
-    ax1.set_xlabel("trace mass per head")
+    ax1.set_xlabel(f"trace: {HEAD_UNIT} per head")
     ax1.set_ylabel("DLA per head")
     ax1.set_title(f"Spearman {cmp.spearman:.2f}, top-{cmp.k} overlap {cmp.overlap:.2f}")
     x = torch.arange(cmp.layer_attn_trace.numel()).numpy()
-    ax2.plot(x, cmp.layer_attn_trace.numpy(), ".-", label="trace: head share")
+    ax2.plot(x, cmp.layer_attn_trace.numpy(), ".-", label="trace: heads' share of the layer's update")
     ax2.plot(x, cmp.layer_attn_dla.numpy(), ".-", label="DLA: |attn|/(|attn|+|MLP|)")
     ax2.set_xlabel("layer")
     ax2.legend(fontsize=8)
     rows = "".join(
         f"<tr><td>L{l}H{h}</td><td>{m:.4f}</td><td>{d:+.3f}</td><td>{r}</td></tr>" for l, h, m, d, r in cmp.rows()
     )
-    table = ('<table class="ft-table"><tr><th>head</th><th>trace mass</th><th>DLA</th><th>DLA rank</th></tr>'
+    table = (f'<table class="ft-table"><tr><th>head</th><th>trace {HEAD_UNIT}</th><th>DLA</th><th>DLA rank</th></tr>'
              f"{rows}</table>")
-    return View([_h("Trace attribution vs direct logit attribution"), _figure_part(fig), Part(html=table)],
+    note = _note(f"Heads ranked by {HEAD_UNIT} (the ranking of <code>Trace.top_heads</code>): each head's share of "
+                 "the span's update, over every source, times its layer's route weight to the output "
+                 "(<code>Trace.route_weights</code>). DLA: the head's direct write to the summed target logits.")
+    return View([_h("Trace attribution vs direct logit attribution"), _figure_part(fig), note, Part(html=table)],
                 "Trace vs DLA")

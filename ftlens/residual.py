@@ -373,8 +373,11 @@ def component_shares(trace: Any, hop: int = 0) -> ComponentShares:
 class HeadComparison:
     """Trace attribution mass per head next to its direct logit attribution.
 
-    ``trace_mass[layer, head]``: hop ``hop``'s head shares summed over every source
-    (how much of the span's residual update each head carries); ``dla[layer, head]``;
+    ``trace_mass[layer, head]``: hop ``hop``'s route-weighted head mass
+    ``w[l] * sum_s e[l, h, s]`` over every source ``s`` (``w = Trace.route_weights(hop)``): the
+    weighting :meth:`Trace.top_heads` ranks by by default (README "Ranking heads"), i.e. how
+    much of what reaches the span's output each head wrote; summed over every source because
+    DLA counts a head's write whatever it read.  ``dla[layer, head]``;
     ``spearman``: rank correlation over all heads; ``overlap``: fraction of the top-k
     heads by trace mass that are also in the top-k by DLA; ``layer_attn_trace`` and
     ``layer_attn_dla``: per layer, the attention share in the trace vs
@@ -415,10 +418,14 @@ def _ranks(x: Tensor) -> Tensor:
 
 
 def compare_heads(trace: Any, dla: DirectLogitAttribution, *, hop: int = 0, k: int = 10) -> HeadComparison:
-    """Which heads that carry attribution mass (trace) also write the answer (DLA)."""
+    """Which heads that carry attribution mass (trace) also write the answer (DLA).
+
+    Heads are ranked by route-weighted mass (``HeadComparison.trace_mass``), the one head
+    ranking of ftlens (``Trace.top_heads``' default).
+    """
     if tuple(dla.span) != tuple(trace.output) and hop == 0:
         raise SpanError(f"DLA span {dla.span} differs from the trace's output span {trace.output}")
-    mass = trace.hops[hop].heads.sum(-1).float()
+    mass = (trace.hops[hop].heads.sum(-1) * trace.route_weights(hop)[:, None]).float()
     if mass.shape != dla.heads.shape:
         raise TraceError(f"trace heads {tuple(mass.shape)} and DLA heads {tuple(dla.heads.shape)} differ")
     rm, rd = _ranks(mass.flatten()), _ranks(dla.heads.flatten())

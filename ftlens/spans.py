@@ -1,29 +1,54 @@
-"""Tokenisation in context, roles per position, and span selection.
+r"""Tokenisation in context, roles per position, and span selection.
 
 The prompt is formatted (chat template on by default where the tokenizer has
 one), the target is appended, and the *concatenated text* is tokenised once, so
-the attributed ids are the ids the model would see.  A target whose tokens do
-not round-trip, or that merges with the prompt at the boundary, is refused.
+the attributed ids are the ids the model would see.  A target that begins with
+whitespace the prompt's last token would swallow (``"\n\nParis."`` after a
+template ending in ``"\n"``) keeps the prompt's ids: the swallowed whitespace is
+tokenised on its own and the rest of the target in context.  A target whose
+tokens do not round-trip, that is blank, or whose *text* (not whitespace) merges
+with the prompt at the boundary, is refused.
+
+Generated replies are traced by id (``target_ids=``): the ids are used verbatim
+(no re-tokenisation), and the target text is their decoded text, with each token's
+characters found by incremental decoding (:func:`decode_with_offsets`); a reply
+cut inside a multi-byte character keeps its pieces and gains no U+FFFD token.
+
+Chat input: ``prompt=`` (one user turn), optionally with ``system=``, or
+``messages=[{"role": "system"|"user"|"assistant", "content": ...}, ...]`` ending
+with a user turn (the target is the reply to it).  The content of every message
+is role ``prompt``; what the chat template adds (markers, a default system
+prompt) is ``template``.  ``messages=`` and ``system=`` need a chat template.
 
 Roles: ``template`` (chat-template tokens), ``prompt`` (the user's text),
 ``reasoning`` and ``output`` (the two target spans), ``other`` (target tokens in
 neither span, e.g. ``<think>`` tags).
 
+Displayed tokens (:func:`display_tokens`, ``Sequence.tokens`` and so
+``Trace.tokens``): each character is shown once, on the first token that holds
+any of its bytes; the other pieces of a character split over several byte-level
+tokens are *continuations*, shown as the empty string :data:`CONTINUATION`
+(``" 東京"`` -> ``' 東' '' '' '京' ''``), so ``"".join(tokens)`` is the text.
+
 Span selection (``output=`` / ``reasoning=``), always relative to the target:
 
-- a ``str``: a literal substring of the target text (``Select(text, occurrence=k)``
-  picks one of several occurrences);
-- a compiled ``re.Pattern`` or ``Select(regex=...)``: the first/k-th regex match;
-- a pair ``(a, b)``: target-token indices, half-open like a Python slice;
-- ``"auto"``: if the target has ``</think>``, reasoning is the text between
-  ``<think>`` (or the start) and ``</think>`` and the output is what follows it;
-  otherwise the output is the last non-empty line (or, for one-line targets, the
-  last sentence) and everything before it is the reasoning; a one-sentence target
-  is all output with no reasoning.  With one span given explicitly, ``"auto"`` for
-  the other means: reasoning = target text before the output; output = target text
-  after the reasoning.
-"""
-
+- a ``str``: a literal substring of the target text (``Select(text=..., occurrence=k)``
+  picks one of several occurrences; a negative ``k`` counts from the last);
+- a compiled ``re.Pattern`` or ``Select(regex=..., occurrence=k)``: the k-th regex match;
+- a pair ``(a, b)``, ``slice(a, b)`` or ``Select(tokens=(a, b))``: target-token
+  indices, half-open like a Python slice: a negative index counts from the end of
+  the target (``(-3, -1)``), ``None`` is the start / the end (``(-2, None)``: the
+  last two tokens); after that ``0 <= a < b <= len(target tokens)`` must hold;
+- ``"auto"``: if the target has ``</think>``, reasoning is the text between the
+  *first* ``<think>`` (or the start) and the *last* ``</think>`` (several blocks,
+  and any text between them, form one reasoning span) and the output is what
+  follows the last ``</think>``; a ``<think>`` with no ``</think>`` after it (a
+  reply cut off while thinking) has no automatic output and is refused: pass
+  ``output=``.  Otherwise the output is the last non-empty line (or, for one-line
+  targets, the last sentence) and everything before it is the reasoning; a
+  one-sentence target is all output with no reasoning.  With one span given
+  explicitly, ``"auto"`` for the other means: reasoning = target text before the
+  output; output = target text after the reasoning.
 from __future__ import annotations
 
 import re
@@ -37,15 +62,24 @@ from torch import Tensor
 from .errors import SpanError
 
 ROLES = ("template", "prompt", "reasoning", "output", "other")
+#: How :func:`display_tokens` shows a continuation piece of a multi-byte character.
+CONTINUATION = ""
+#: Message roles accepted by ``messages=``.
+MESSAGE_ROLES = ("system", "user", "assistant")
 
 
 @dataclass(frozen=True)
 class Select:
-    """An explicit span selection: exactly one of ``text``, ``regex``, ``tokens``."""
+    """An explicit span selection: exactly one of ``text``, ``regex``, ``tokens``.
+
+    ``tokens=(a, b)``: target-token indices, half-open; negative counts from the end,
+    ``None`` is the start / end.  ``occurrence=k``: the k-th match of ``text`` / ``regex``
+    (negative: from the last).
+    """
 
     text: str | None = None
     regex: str | None = None
-    tokens: tuple[int, int] | None = None
+    tokens: tuple[int | None, int | None] | None = None
     occurrence: int | None = None
 
 
@@ -81,31 +115,113 @@ def as_select(spec: SpanSpec, what: str) -> Select | str | None:
     if isinstance(spec, re.Pattern):
         return Select(regex=spec.pattern)
     if isinstance(spec, slice):
-        if spec.step not in (None, 1) or spec.start is None or spec.stop is None:
-            raise SpanError(f"{what} span slice needs a start and a stop and no step, e.g. slice(3, 10)")
+        if spec.step not in (None, 1) or not all(_is_index(x) for x in (spec.start, spec.stop)):
+            raise SpanError(f"{what} span slice takes integer (or None) bounds and no step, e.g. slice(3, 10)")
         return Select(tokens=(spec.start, spec.stop))
-    if isinstance(spec, (tuple, list)) and len(spec) == 2 and all(isinstance(x, int) for x in spec):
-        return Select(tokens=(int(spec[0]), int(spec[1])))
+    if isinstance(spec, (tuple, list)) and len(spec) == 2 and all(_is_index(x) for x in spec):
+        return Select(tokens=tuple(None if x is None else int(x) for x in spec))
     raise SpanError(
         f"{what} span must be a substring, a regex (re.compile), a token range (a, b), "
         f"'auto' or ftlens.Select; got {spec!r}"
     )
 
 
-def format_prompt(tokenizer: Any, prompt: str, chat_template: bool | None) -> tuple[str, bool]:
-    """The prompt text as the model sees it, and whether special tokens are added by encoding."""
+def _is_index(x: Any) -> bool:
+    return x is None or (isinstance(x, int) and not isinstance(x, bool))
+
+
+def chat_messages(
+    prompt: str | None, messages: Any = None, system: str | None = None
+) -> list[dict[str, str]] | None:
+    """The chat turns to format (``None``: a plain ``prompt`` without ``system``), checked.
+
+    ``prompt`` alone is one user turn; ``system=`` adds a system turn before it;
+    ``messages`` are used as given (each ``{"role": "system"|"user"|"assistant",
+    "content": str}``, the last one the user's).
+    """
+    if messages is not None:
+        if prompt is not None:
+            raise SpanError(
+                "pass either prompt= or messages=, not both (put the prompt in the last user message)"
+            )
+        if system is not None:
+            raise SpanError(
+                "pass the system prompt either as system= (with prompt=) or as the first of messages= "
+                "({'role': 'system', 'content': ...}), not both"
+            )
+        if not isinstance(messages, (list, tuple)) or not messages:
+            raise SpanError(
+                "messages= must be a non-empty list of {'role': 'system'|'user'|'assistant', 'content': str}"
+            )
+        out = []
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in MESSAGE_ROLES:
+                raise SpanError(
+                    f"messages[{i}] needs a role of 'system', 'user' or 'assistant', got "
+                    f"{(m.get('role') if isinstance(m, dict) else m)!r}"
+                )
+            if not isinstance(m.get("content"), str):
+                raise SpanError(f"messages[{i}] ({m['role']}) needs a 'content' string")
+            out.append({"role": m["role"], "content": m["content"]})
+        if out[-1]["role"] != "user":
+            raise SpanError(
+                "the last message must be the user's (the target is the assistant's reply to it); "
+                "pass the assistant's reply as target="
+            )
+        if not any(m["content"].strip() for m in out):
+            raise SpanError("every message is empty; pass the question or instruction text to attribute to")
+        return out
     if not isinstance(prompt, str) or not prompt.strip():
         raise SpanError("the prompt is empty; pass the question or instruction text to attribute to")
+    if system is None:
+        return None
+    if not isinstance(system, str) or not system.strip():
+        raise SpanError("the system prompt is empty; pass its text, or leave system= out")
+    return [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+
+
+def format_prompt(
+    tokenizer: Any,
+    prompt: str | None,
+    chat_template: bool | None,
+    *,
+    messages: Any = None,
+    system: str | None = None,
+) -> tuple[str, bool]:
+    """The prompt text as the model sees it, and whether special tokens are added by encoding."""
+    turns = chat_messages(prompt, messages, system)
     has_template = getattr(tokenizer, "chat_template", None) is not None
+    if turns is not None and system is not None and messages is None:
+        given = "system="
+    else:
+        given = "messages="
+    if turns is not None and not has_template:
+        raise SpanError(
+            f"{given} needs a chat template and this tokenizer has no chat template; pass the text as "
+            "the model sees it as prompt= instead"
+        )
+    if turns is not None and chat_template is not None and not chat_template:
+        raise SpanError(f"{given} is formatted with the chat template; drop chat_template=False")
     use = has_template if chat_template is None else bool(chat_template)
     if use and not has_template:
         raise SpanError("this tokenizer has no chat template; pass chat_template=False")
     if use:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-        )
+        turns = turns or [{"role": "user", "content": prompt}]
+        try:
+            text = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+        except Exception as exc:  # jinja raises its own errors, e.g. "system role not supported"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SpanError(
+                f"the chat template refused these messages ({first[:120]}); change the roles or "
+                "pass a plain prompt="
+            ) from None
         return text, False
     return prompt, True
+
+
+def _contents(prompt: str | None, messages: Any, system: str | None) -> list[str]:
+    turns = chat_messages(prompt, messages, system)
+    return [prompt] if turns is None else [m["content"] for m in turns]
 
 
 def _encode(tokenizer: Any, text: str, special: bool) -> tuple[list[int], list[tuple[int, int]]]:
@@ -122,17 +238,34 @@ def _encode(tokenizer: Any, text: str, special: bool) -> tuple[list[int], list[t
 def tokenize_in_context(
     tokenizer: Any, formatted: str, special: bool, target: str
 ) -> tuple[list[int], list[tuple[int, int]], int]:
-    """Ids and char offsets of ``formatted + target`` and the prompt length in tokens."""
-    prompt_ids, _ = _encode(tokenizer, formatted, special)
-    ids, offsets = _encode(tokenizer, formatted + target, special)
+    """Ids and char offsets of ``formatted + target`` and the prompt length in tokens.
+
+    The prompt keeps the ids it has on its own.  Where its last token would swallow
+    the target's leading whitespace (``"...assistant\\n" + "\\n\\nParis."``), that
+    whitespace is tokenised on its own and the rest of the target in context.
+    """
     if not target:
         raise SpanError("the target is empty; pass the text to attribute, or target=None to generate")
-    if ids[: len(prompt_ids)] != prompt_ids:
+    if not target.strip():
         raise SpanError(
-            "the prompt and the target merge into one token at their boundary; start the target "
-            "with a space or newline, or end the prompt with one"
+            "the target is blank (only whitespace); pass the text to attribute, or target=None to generate"
         )
+    prompt_ids, prompt_offsets = _encode(tokenizer, formatted, special)
+    ids, offsets = _encode(tokenizer, formatted + target, special)
     p = len(prompt_ids)
+    if ids[:p] != prompt_ids:
+        base = len(formatted)
+        j = next((i for i, (s, _) in enumerate(offsets) if s >= base), len(ids))
+        head = target[: (offsets[j][0] - base) if j < len(ids) else len(target)]
+        if head.strip():
+            raise SpanError(
+                f"the prompt and the target merge into one token at their boundary (the prompt ends "
+                f"{formatted[-12:]!r}, the target starts {target[:12]!r}); end the prompt with a space "
+                "or newline, or start the target with one"
+            )
+        head_ids, head_offsets = _encode(tokenizer, head, False) if head else ([], [])
+        ids = prompt_ids + head_ids + ids[j:]
+        offsets = prompt_offsets + [(s + base, e + base) for s, e in head_offsets] + offsets[j:]
     if len(ids) == p:
         raise SpanError("the target produced no tokens; pass a non-empty target")
     decoded = tokenizer.decode(ids[p:], skip_special_tokens=False)

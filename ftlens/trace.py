@@ -9,6 +9,7 @@ and saves/loads itself as versioned JSON (exact float32 round trip).
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import json
 import math
@@ -24,7 +25,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .errors import SchemaError
+from .errors import SchemaError, TraceError
 
 #: Version of the JSON layout written by :meth:`Trace.save`; readers refuse newer ones.
 SCHEMA_VERSION = 1
@@ -125,12 +126,46 @@ class Trace:
     def prompt_tokens(self) -> list[str]:
         return [self.tokens[i] for i in self.prompt_positions]
 
+    def _input_mass(self, role: str) -> float:
+        """``sum(scores[i])`` over input positions ``i < inputs_end`` whose role is ``role``."""
+        keep = [i for i in range(self.inputs_end) if self.roles[i] == role]
+        return float(self.scores[keep].double().sum()) if keep else 0.0
+
+    @property
+    def prompt_mass(self) -> float:
+        """Final mass on the user's prompt text (role ``prompt``)."""
+        return self._input_mass("prompt")
+
+    @property
+    def template_mass(self) -> float:
+        """Final mass on chat-template tokens among the inputs (``<|im_start|>``, system prompt, ...)."""
+        return self._input_mass("template")
+
+    @property
+    def other_mass(self) -> float:
+        """Final mass on the remaining inputs (role ``other``: e.g. a ``<think>`` tag before the reasoning).
+
+        ``prompt_mass + template_mass + other_mass = sum(scores[:inputs_end])``: the inputs mass
+        of ``summary()`` (flashtrace puts no final mass after ``inputs_end``).
+        """
+        return self._input_mass("other")
+
+    def top_template(self, k: int = 3) -> list[TokenScore]:
+        """The ``k`` chat-template input tokens with the most final mass (absent from ``top()``)."""
+        return [t for t in self.top(len(self.tokens), where="input") if t.role == "template"][: max(0, k)]
+
     @property
     def thinking_ratios(self) -> list[float]:
         """``|mu_k|`` per hop: mass still on reasoning tokens after hop ``k``."""
         return [h.thinking_ratio for h in self.hops]
 
     def hop(self, k: int) -> HopRecord:
+        """Hop record ``k`` (0 = the output span; negative counts from the last)."""
+        if not isinstance(k, int) or isinstance(k, bool) or not -len(self.hops) <= k < len(self.hops):
+            raise TraceError(
+                f"hop {k!r} is out of range; this trace has {len(self.hops)} hop records "
+                f"(0..{len(self.hops) - 1})"
+            )
         return self.hops[k]
 
     @property
@@ -195,7 +230,7 @@ class Trace:
             return list(range(self.inputs_end))
         if where == "all":
             return list(range(len(self.tokens)))
-        raise ValueError("where must be 'prompt', 'input' or 'all'")
+        raise TraceError(f"where must be 'prompt', 'input' or 'all', got {where!r}")
 
     def top(self, k: int = 10, where: str = "prompt") -> list[TokenScore]:
         """The ``k`` highest-scoring positions among ``where`` (prompt / input / all)."""
@@ -213,7 +248,7 @@ class Trace:
         top 5 do (analyses/head_study.py: -1.3 vs +3.0 nats, zero-ablation, 40 held-out examples).
         """
         if weighting not in ("share", "route"):
-            raise ValueError(f"weighting must be 'share' or 'route', got {weighting!r}")
+            raise TraceError(f"weighting must be 'share' or 'route', got {weighting!r}")
         pos = self.positions(where)
         heads = self.head_attribution if weighting == "share" else self.head_attribution_routed
         per_head = heads[:, :, pos].sum(-1)
@@ -250,13 +285,24 @@ class Trace:
                 f"completeness: max relative gap {float(gaps.max()):.1e} (layer {worst})"
                 + (f", tolerance {tol:.0e}" if isinstance(tol, (int, float)) else "")
             )
+        split = (f"user prompt {self.prompt_mass:.3f}, chat template {self.template_mass:.3f}, "
+                 f"other {self.other_mass:.3f}")
         if self.method == "flashtrace":
             ratios = ", ".join(f"{r:.3f}" for r in self.thinking_ratios)
             lines.append(
-                f"mass: inputs {float(self.scores.sum()):.3f}, output {self.output_mass:.3f}, "
+                f"mass: inputs {float(self.scores.sum()):.3f} ({split}), output {self.output_mass:.3f}, "
                 f"unresolved {self.unresolved:.3f}; thinking ratios [{ratios}]"
             )
-        lines.append(f"{'rank':>4} {'pos':>5} {'score':>9}  token")
+        else:
+            lines.append(f"mass on inputs: {split}")
+        template = [t for t in self.top_template(3) if t.score > 0]
+        if template:
+            lines.append(
+                "template tokens holding mass (not ranked below; "
+                'tr.top(k, where="input") ranks every input): '
+                + ", ".join(f"{t.token!r}@{t.pos} {t.score:.4f}" for t in template)
+            )
+        lines.append(f"{'rank':>4} {'pos':>5} {'score':>9}  token (user prompt)")
         for r, t in enumerate(self.top(k), 1):
             lines.append(f"{r:>4} {t.pos:>5} {t.score:>9.4f}  {t.token!r}")
         lines.append(f"{'rank':>4} {'layer':>5} {'head':>4} {'score':>9}  (heads by route-weighted share)")
@@ -445,12 +491,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     The new file keeps the old file's permissions (or gets the umask default).
     """
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    if p.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder; pass a file name", str(path))
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    except FileExistsError:  # mkdir: a parent of path is a file
+        raise NotADirectoryError(errno.ENOTDIR, "a parent folder of it is a file", str(path)) from None
+    except OSError as exc:  # name the caller's path, not the parent or the temp file
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     try:
         mode = p.stat().st_mode & 0o7777
     except OSError:
         mode = _new_file_mode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -458,9 +511,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise type(exc)(exc.errno, exc.strerror, str(path)) from None
         raise
     return p
 
@@ -553,5 +608,46 @@ def _check_consistent(tr: "Trace") -> None:
             raise bad("hop score or per-layer tensors have the wrong length")
     if tr.row_scores is not None and (tr.row_scores.ndim != 2 or tr.row_scores.shape[1] != n):
         raise bad("row_scores do not match the number of tokens")
+    _check_meaning(tr, bad)
+
+
+#: Slack for sums read back from float32 JSON (scores are float32; a trace sums ~1e4 of them).
+_MASS_TOL = 1e-3
+
+
+def _check_meaning(tr: "Trace", bad) -> None:
+    """What a hand-edited file can break while shapes stay right (method §10 bookkeeping)."""
+    from .tracing import METHODS
+
+    if tr.method not in METHODS:
+        raise bad(f"unknown method {tr.method!r} (expected one of {', '.join(METHODS)})")
+    n = len(tr.tokens)
+    tensors = [tr.scores] + [t for h in tr.hops for t in (h.scores, h.heads, h.residual, h.bias, h.mlp)]
+    if any(float(t.min()) < 0 for t in tensors if t.numel()):
+        raise bad("negative scores or shares (every IFR share is >= 0)")
+    if not (0 <= tr.output_mass <= 1 + _MASS_TOL and 0 <= tr.unresolved <= 1 + _MASS_TOL):
+        raise bad("output_mass and unresolved must lie in [0, 1]")
+    for h in tr.hops:
+        layer_sum = h.heads.sum(dim=(1, 2)) + h.residual + h.bias
+        if float((layer_sum - 1).abs().max()) > _MASS_TOL:
+            raise bad("a layer's head, residual and bias shares do not sum to 1")
+    out = set(range(*tr.output))
+    rea = set(range(*tr.reasoning)) if tr.reasoning is not None else set()
+    for pos, role in enumerate(tr.roles):
+        if (pos in out) != (role == "output") or (pos in rea) != (role == "reasoning"):
+            raise bad(f"role {role!r} at position {pos} contradicts the output/reasoning spans")
+        if role in ("prompt", "template") and pos >= (tr.reasoning or tr.output)[0]:
+            raise bad(f"a {role} token at position {pos} lies after the target starts")
+    if tr.method == "flashtrace":
+        total = float(tr.scores.sum()) + tr.output_mass + tr.unresolved
+        if abs(total - 1) > _MASS_TOL:
+            raise bad(f"mass is not conserved (inputs + output + unresolved = {total:.4f}, not 1)")
+        ran = tr.params.get("hops_run", tr.params.get("hops"))
+        if isinstance(ran, int) and len(tr.hops) - 1 != ran:
+            raise bad(f"{len(tr.hops) - 1} hops stored but the parameters say {ran}")
+    elif len(tr.hops) != 1:
+        raise bad(f"method {tr.method!r} stores one hop, not {len(tr.hops)}")
+    if n and tr.ids and len(tr.ids) != n:
+        raise bad("ids and tokens differ in length")
 
 

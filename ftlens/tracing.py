@@ -20,6 +20,10 @@ from .spans import SpanSpec, build_sequence, format_prompt
 from .trace import HopRecord, Trace
 
 METHODS = ("flashtrace", "ifr-span", "ifr-tokenwise")
+#: Largest ``hops`` accepted; recursion stops earlier once the pending mass is <= PENDING_TOL.
+MAX_HOPS = 1000
+#: Pending (reasoning) mass below which further hops change no score by more than this.
+PENDING_TOL = 1e-6
 
 
 def _model_name(model: Any) -> str:
@@ -60,7 +64,7 @@ def trace(
     *,
     output: SpanSpec = "auto",
     reasoning: SpanSpec = "auto",
-    hops: int = 1,
+    hops: int | None = None,
     method: str = "flashtrace",
     explain: str = "output",
     threshold: float | None = None,
@@ -72,7 +76,9 @@ def trace(
     """Attribute the output span of ``target`` to every earlier position.
 
     ``method``: ``"flashtrace"`` (span + recursion through the reasoning span, ``hops``
-    times), ``"ifr-span"`` (one span pass, raw token scores ``r(s)``) or
+    times, default 1; it stops early once the pending mass is <= ``PENDING_TOL`` and
+    ``params["hops_run"]`` says how many ran; other methods refuse ``hops``),
+    ``"ifr-span"`` (one span pass, raw token scores ``r(s)``) or
     ``"ifr-tokenwise"`` (one row per output token, scores = mean row).
     ``explain``: what hop 0 explains, ``"output"`` (the answer span, method §10, default)
     or ``"target"`` (reasoning + answer: hop 0 is one span pass over ``[reasoning start,
@@ -89,8 +95,14 @@ def trace(
         raise TraceError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if explain not in EXPLAIN:
         raise TraceError(f"explain must be 'output' (the answer span) or 'target' (reasoning + answer), got {explain!r}")
-    if not isinstance(hops, int) or isinstance(hops, bool) or hops < 0:
-        raise TraceError(f"hops must be an integer >= 0, got {hops!r}")
+    if hops is not None and (not isinstance(hops, int) or isinstance(hops, bool) or not 0 <= hops <= MAX_HOPS):
+        raise TraceError(f"hops must be an integer in [0, {MAX_HOPS}], got {hops!r}")
+    if hops not in (None, 0) and method != "flashtrace":
+        raise TraceError(
+            f"hops={hops} applies to method='flashtrace' only ({method!r} makes one pass); "
+            "drop hops or use method='flashtrace'"
+        )
+    hops = 1 if hops is None else hops
     if threshold is not None and not (0 <= threshold < 1):
         raise TraceError(f"threshold must be in [0, 1), got {threshold!r}")
     if completeness_tol is not None and not (isinstance(completeness_tol, (int, float)) and completeness_tol > 0):
@@ -138,7 +150,8 @@ def trace(
         def span_fn(w: torch.Tensor):
             return span_shares(states, info, row_pos, w.to(row_pos.device), threshold, progress=bar.step, tol=tol)
 
-        rec = recurse(span_fn, seq.n, row_start, seq.output, seq.reasoning, k, explain=explain)
+        rec = recurse(span_fn, seq.n, row_start, seq.output, seq.reasoning, k, explain=explain,
+                      pending_tol=PENDING_TOL)
         bar.close()
         hop_records = [
             _record(h.weight, h.norm, h.thinking_ratio, h.contribution, h.shares) for h in rec.hops
@@ -157,7 +170,7 @@ def trace(
     return Trace(
         model=_model_name(model),
         method=method,
-        params={"hops": hops if method == "flashtrace" else 0, "threshold": threshold,
+        params={"hops": hops if method == "flashtrace" else 0, "hops_run": len(hop_records) - 1, "threshold": threshold,
                 "chat_template": chat_template, "rows": n_rows,
                 "explain": explain, "completeness_tol": tol, "family": info.family.kind},
         ids=seq.ids.tolist(),

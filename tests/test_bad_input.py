@@ -93,8 +93,8 @@ def test_token_range_out_of_range(tiny_llama, tiny_cli, capsys, value):
 
 # 5. hops negative ---------------------------------------------------------------
 def test_hops_negative(tiny_llama, tiny_cli, capsys):
-    fails(capsys, *trace_args("--hops", "-1"), match=r"hops must be an integer >= 0")
-    with pytest.raises(TraceError, match="hops must be an integer >= 0"):
+    fails(capsys, *trace_args("--hops", "-1"), match=r"hops must be an integer (>= 0|in \[0, \d+\]), got -1")
+    with pytest.raises(TraceError, match="hops must be an integer"):
         ftlens.trace(tiny_llama, PROMPT, TARGET, hops=-1)
 
 
@@ -118,6 +118,25 @@ def test_model_not_available_offline(capsys, monkeypatch):
 def test_model_path_missing(capsys, tmp_path):
     fails(capsys, *trace_args("--model", str(tmp_path / "no" / "such" / "dir"), "--device", "cpu"),
           match=r"no such directory\. Pass the path of a local")
+
+
+def test_model_folder_without_config_json(capsys, tmp_path):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"")
+    line = fails(capsys, *trace_args("--model", folder, "--device", "cpu"), match=r"has no config\.json")
+    assert str(folder) in line
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        ftlens.load_model(str(folder), device="cpu")
+
+
+def test_model_folder_with_a_config_that_names_no_model(capsys, tmp_path):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    fails(capsys, *trace_args("--model", folder, "--device", "cpu"), match=rf"Cannot load model '{re.escape(str(folder))}'")
+    with pytest.raises(ModelLoadError):
+        ftlens.load_model(str(folder), device="cpu")
 
 
 def test_unknown_dtype(capsys):
@@ -145,6 +164,23 @@ def test_device_cuda_without_cuda(capsys):
     fails(capsys, *trace_args("--device", "cuda"), match=r"CUDA is not available here; use device='cpu' \(CLI: --device cpu\)")
     with pytest.raises(ModelLoadError):
         ftlens.load_model(device="cuda")
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
+def test_device_mps_without_mps(capsys):
+    fails(capsys, *trace_args("--device", "mps"), match=r"device='mps' is not available here.*--device cpu")
+    from ftlens.models import resolve_device
+
+    with pytest.raises(ModelLoadError, match="not available here"):
+        resolve_device("mps")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() > 7, reason="needs 1-7 GPUs")
+def test_device_index_that_does_not_exist():
+    from ftlens.models import resolve_device
+
+    with pytest.raises(ModelLoadError, match="not available here"):
+        resolve_device("cuda:7")
 
 
 def test_device_unknown(capsys):
@@ -249,6 +285,31 @@ def test_batch_input_missing(capsys, tmp_path):
 def test_every_documented_error_is_an_ftlens_error_and_a_value_error():
     for cls in (SpanError, TraceError, ModelLoadError, SchemaError):
         assert issubclass(cls, FtlensError) and issubclass(cls, ValueError)
+
+
+# 12. the API's own queries: ftlens errors, not IndexError / RuntimeError / ValueError -----------------
+def test_hop_out_of_range_is_a_trace_error(saved):
+    tr = ftlens.Trace.load(saved)
+    with pytest.raises(TraceError, match=rf"hop 5 is out of range; this trace has {len(tr.hops)} hop records"):
+        tr.hop(5)
+    assert tr.hop(-1) is tr.hops[-1]
+
+
+def test_head_channels_with_k_0_is_a_trace_error(saved):
+    from ftlens import render
+
+    with pytest.raises(TraceError, match="k must be an integer >= 1"):
+        render.head_channels(ftlens.Trace.load(saved), k=0)
+
+
+@pytest.mark.parametrize("call", ["top", "top_heads", "top_table"])
+def test_unknown_where_is_a_trace_error(saved, call):
+    from ftlens import render
+
+    tr = ftlens.Trace.load(saved)
+    fn = {"top": tr.top, "top_heads": tr.top_heads, "top_table": lambda **k: render.top_table(tr, **k)}[call]
+    with pytest.raises(TraceError, match="where must be 'prompt', 'input' or 'all', got 'reasoning'"):
+        fn(where="reasoning")
 
 
 def test_threshold_out_of_range(tiny_llama, tiny_cli, capsys):

@@ -67,7 +67,9 @@ def test_per_layer_shares_sum_to_one(tiny):
     seq, info, states, row_pos = _setup(tiny)
     w = torch.zeros(seq.n - seq.prompt_len)
     w[seq.output[0] - seq.prompt_len : seq.output[1] - seq.prompt_len] = 1.0
-    for threshold in (None, 0.01):
+    plain = span_shares(states, info, row_pos, w)
+    keep_all = 0.5 * float(plain.heads.flatten(1).amax(1).min())  # below every layer's largest share
+    for threshold in (None, keep_all):
         sh = span_shares(states, info, row_pos, w, threshold)
         total = sh.heads.sum(dim=(1, 2)) + sh.residual + sh.bias
         torch.testing.assert_close(total, torch.ones_like(total), atol=1e-5, rtol=0)
@@ -79,11 +81,13 @@ def test_per_layer_shares_sum_to_one(tiny):
 def test_threshold_zeroes_small_normalised_shares(tiny_llama):
     seq, info, states, row_pos = _setup(tiny_llama)
     w = torch.ones(seq.n - seq.prompt_len)
-    sh = span_shares(states, info, row_pos, w, threshold=0.02)
+    plain = span_shares(states, info, row_pos, w)
+    theta = 0.9 * float(plain.heads.flatten(1).amax(1).min())  # keeps a share in every layer
+    sh = span_shares(states, info, row_pos, w, threshold=theta)
     nz = sh.heads[sh.heads > 0]
-    assert nz.numel() > 0
+    assert 0 < nz.numel() < (plain.heads > 0).sum()  # some shares were zeroed, not all
     # every surviving share was >= theta before renormalisation, and renormalisation only grows it
-    assert float(nz.min()) >= 0.02
+    assert float(nz.min()) >= theta
 
 
 def test_span_of_one_token_equals_tokenwise_row(tiny):
@@ -116,7 +120,7 @@ def test_span_tokens_are_sources_too(tiny_llama):
 def test_fast_engine_matches_bruteforce_reference(tiny, method):
     """The fast engine equals an explicit-loop reference from run_with_cache within 1e-5 (GQA)."""
     assert tiny.cfg.n_key_value_heads < tiny.cfg.n_heads  # grouped-query attention is exercised
-    tr = ftlens.trace(tiny, PROMPT, TARGET, method=method, hops=2)
+    tr = ftlens.trace(tiny, PROMPT, TARGET, method=method, hops=2 if method == "flashtrace" else None)
     T = bf.cache_tensors(tiny, torch.tensor(tr.ids))
     o0, o1 = tr.output
     if method == "ifr-span":

@@ -102,9 +102,7 @@ def test_hop_and_head_channels_match_the_trace(trace):
     heads = [p for p in render.head_channels(trace, k=3).parts if p.component][0]
     top = trace.top_heads(3)
     assert heads.props["labels"] == [f"L{h.layer}H{h.head}" for h in top]
-    torch.testing.assert_close(
-        heads.props["values"][:, 0], trace.head_attribution[top[0].layer, top[0].head, a : trace.inputs_end]
-    )
+    assert heads.props["values"].shape == (trace.inputs_end - a, 3)  # values: see the ranking tests below
 
 
 def test_head_grid_carries_every_heads_values_and_one_cell_per_head(trace):
@@ -113,8 +111,7 @@ def test_head_grid_carries_every_heads_values_and_one_cell_per_head(trace):
     data = json.loads(re.search(r"var D=(\{.*?\});\n", html).group(1))
     assert len(data["values"]) == trace.n_layers and len(data["values"][0]) == trace.n_heads
     a = trace.prompt_positions[0]
-    expect = trace.head_attribution[1, 2, a : trace.inputs_end]
-    torch.testing.assert_close(torch.tensor(data["values"][1][2]), expect, atol=1e-4, rtol=0)
+    assert len(data["tokens"]) == len(data["values"][1][2]) == trace.inputs_end - a
 
 
 def test_recursion_flow_reports_conserved_mass(trace):
@@ -151,3 +148,60 @@ def test_ifr_span_trace_page_has_no_recursion_section(tiny_llama, tmp_path):
     tr = ftlens.trace(tiny_llama, NEEDLE_PROMPT, NEEDLE_TARGET, method="ifr-span")
     html = render.write_html(tr, tmp_path / "s.html").read_text(encoding="utf-8")
     assert "Recursion:" not in html and html.count(BUNDLE_MARK) == 1
+
+
+# ---------------------------------------------------------------- one head ranking (issue 11 item 6)
+def _grid_cells(html: str) -> dict[tuple[int, int], float]:
+    """``(layer, head) -> value`` each grid cell is coloured by (its ``data-v``)."""
+    cells = re.findall(r'<td data-l="(\d+)" data-h="(\d+)" data-v="([^"]+)"', html)
+    return {(int(l), int(h)): float(v) for l, h, v in cells}
+
+
+def _routed_mass(trace, where="prompt"):
+    return trace.head_attribution_routed[:, :, trace.positions(where)].sum(-1)
+
+
+def test_head_grid_colours_by_the_default_ranking_and_opens_on_the_top_tables_first_head(trace):
+    html = render.trace_page(trace).html()
+    cells = _grid_cells(html)
+    assert len(cells) == trace.n_layers * trace.n_heads
+    grid = torch.tensor([[cells[l, h] for h in range(trace.n_heads)] for l in range(trace.n_layers)])
+    torch.testing.assert_close(grid, _routed_mass(trace), rtol=1e-5, atol=0)
+    table = re.search(r'<table class="ft-table ft-top-heads">(.*?)</table>', html, flags=re.S).group(1)
+    first = re.search(r"<tr><td>1</td><td>(\d+)</td><td>(\d+)</td>", table)
+    opened = max(cells, key=cells.get)  # the page's script selects the cell with the largest data-v
+    assert opened == (int(first.group(1)), int(first.group(2))) == (trace.top_heads(1)[0].layer, trace.top_heads(1)[0].head)
+
+
+def test_head_grid_heatmap_values_are_the_routed_attribution_the_cell_sums(trace):
+    html = render.head_grid(trace).html()
+    data = json.loads(re.search(r"var D=(\{.*?\});\n", html).group(1))
+    a = trace.prompt_positions[0]
+    expect = trace.head_attribution_routed[1, 2, a : trace.inputs_end]
+    torch.testing.assert_close(torch.tensor(data["values"][1][2]), expect, rtol=1e-3, atol=1e-12)
+
+
+def test_head_channels_show_the_values_they_rank_by(trace):
+    part = [p for p in render.head_channels(trace, k=3).parts if p.component][0]
+    a = trace.prompt_positions[0]
+    for j, h in enumerate(trace.top_heads(3)):
+        torch.testing.assert_close(
+            part.props["values"][:, j], trace.head_attribution_routed[h.layer, h.head, a : trace.inputs_end]
+        )
+
+
+def test_every_head_view_states_the_route_weighted_unit(trace):
+    for view in (render.head_grid(trace), render.head_channels(trace, k=3), render.top_table(trace, k=3)):
+        assert "route-weighted" in view.html(), view.title
+
+
+# ---------------------------------------------------------------- input mass split (issue 11 item 13)
+def test_page_splits_input_mass_and_names_the_template_tokens_that_hold_mass(trace):
+    html = render.trace_page(trace).html()
+    for label, mass in (("user prompt", trace.prompt_mass), ("chat template", trace.template_mass),
+                        ("other", trace.other_mass)):
+        assert f"{label} <b>{mass:.3f}</b>" in html
+    best_template = next(t for t in trace.top(len(trace.tokens), where="input") if t.role == "template")
+    assert best_template.score > 0
+    assert f"@{best_template.pos} {best_template.score:.4f}" in html
+    assert 'where="input"' in html  # how to rank them with the prompt tokens

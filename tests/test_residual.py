@@ -110,7 +110,7 @@ def test_component_shares_of_heads_residual_and_bias_sum_to_one_per_layer(tiny_t
 def test_compare_heads_is_perfect_when_dla_equals_trace_mass(tiny, tiny_trace):
     dla = R.direct_logit_attribution(tiny, tiny_trace)
     cmp = R.compare_heads(tiny_trace, dla, k=3)
-    torch.testing.assert_close(cmp.trace_mass, tiny_trace.hops[0].heads.sum(-1))
+    torch.testing.assert_close(cmp.trace_mass, tiny_trace.hops[0].heads.sum(-1) * tiny_trace.route_weights(0)[:, None])
     assert -1 <= cmp.spearman <= 1 and 0 <= cmp.overlap <= 1
     masses = [r[2] for r in cmp.rows()]
     assert masses == sorted(masses, reverse=True)
@@ -119,6 +119,18 @@ def test_compare_heads_is_perfect_when_dla_equals_trace_mass(tiny, tiny_trace):
     assert same.spearman == pytest.approx(1.0, abs=1e-6) and same.overlap == 1.0
     dla.heads = -cmp.trace_mass.clone()
     assert R.compare_heads(tiny_trace, dla, k=3).spearman == pytest.approx(-1.0, abs=1e-6)
+
+
+def test_compare_heads_ranks_by_the_default_route_weighting_and_says_so(tiny_llama):
+    # issue 11 item 6: one ranking everywhere (Trace.top_heads' default, route weighting)
+    tr = ftlens.trace(tiny_llama, PROMPT, TARGET, hops=1)
+    dla = R.direct_logit_attribution(tiny_llama, tr)
+    cmp = R.compare_heads(tr, dla, k=3)
+    routed = (tr.hops[0].heads * tr.route_weights(0)[:, None, None]).sum(-1)
+    torch.testing.assert_close(cmp.trace_mass, routed)
+    order = routed.flatten().argsort(descending=True)[:3].tolist()
+    assert [(l * tr.n_heads + h) for l, h, *_ in cmp.rows()] == order
+    assert "route-weighted" in cmp.view().html()
 
 
 def test_bad_spans_raise_span_error_and_leave_no_hooks(tiny_llama, tiny_trace):
