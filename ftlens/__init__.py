@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 from .errors import FtlensError, ModelLoadError, SchemaError, SpanError, TraceError
 from .spans import Select
 from .trace import Trace
-from .tracing import METHODS, generate, trace
+from .tracing import METHODS, Generation, generate, generate_ids, trace
 
 
 def load_model(name: str | None = None, *, device=None, dtype=None, device_map=None):
@@ -30,6 +30,8 @@ __all__ = [
     "load_model",
     "trace",
     "generate",
+    "generate_ids",
+    "Generation",
     "Trace",
     "Select",
     "METHODS",

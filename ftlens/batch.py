@@ -12,9 +12,18 @@ per record of this run in input order: ``line``, ``id``, ``file``, ``status``
 records, ``positions``, ``output`` and the top-5 prompt tokens ``top``.
 
 Crash safety: every file is written atomically (temp + rename), so a killed run
-leaves complete traces or none; ``--resume`` keeps each record whose trace exists
-and loads (:meth:`Trace.load`) and traces the rest.  Without ``--resume`` a run
-refuses to overwrite existing traces.  Sharding: ``--shard I/N`` takes lines ``L``
+leaves complete traces or none; ``--resume`` keeps each record whose trace exists,
+loads (:meth:`Trace.load`) and was made the way this run would make it, and traces
+the rest.  Without ``--resume`` a run refuses to overwrite existing traces.
+
+Staleness: each trace written here records, in ``params["request"]``, what it was
+made from (:func:`run_settings`: method, hops, threshold, explain, chat template,
+model, dtype; :func:`record_request`: SHA-256 of the prompt and target texts, the
+raw output/reasoning span values, ``max_new_tokens`` for generated targets) and
+``ids_sha256``, the SHA-256 of the token ids it traced.  A resumed run re-traces
+a trace whose request differs from its own, whose ids no longer hash to
+``ids_sha256``, or that has no request (written by the API, by hand or by an older
+ftlens), and reports how many and why (:func:`stale_reasons`).  Sharding: ``--shard I/N`` takes lines ``L``
 with ``(L - 1) % N == I``, so N independent jobs cover the file with no overlap;
 ``cat DIR/index*.jsonl`` merges their indexes.
 """
@@ -22,6 +31,7 @@ with ``(L - 1) % N == I``, so N independent jobs cover the file with no overlap;
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import sys
@@ -46,6 +56,8 @@ class Record:
     target: str | None
     output: Any = "auto"
     reasoning: Any = "auto"
+    output_spec: Any = "auto"  #: the line's raw "output" value (recorded with the trace)
+    reasoning_spec: Any = "auto"  #: the line's raw "reasoning" value
 
 
 @dataclass
@@ -102,9 +114,11 @@ def parse_record(text: str, line: int) -> Record:
     rid = obj.get("id")
     if rid is not None and (isinstance(rid, bool) or not isinstance(rid, (str, int))):
         raise SpanError('"id" must be a string or an integer')
-    output = parse_span(obj.get("output", "auto"), '"output"')
-    reasoning = parse_span(obj.get("reasoning", "auto"), '"reasoning"', allow_none=True)
-    return Record(line, file_key(rid, line), None if rid is None else str(rid), prompt, target, output, reasoning)
+    output_spec, reasoning_spec = obj.get("output", "auto"), obj.get("reasoning", "auto")
+    output = parse_span(output_spec, '"output"')
+    reasoning = parse_span(reasoning_spec, '"reasoning"', allow_none=True)
+    return Record(line, file_key(rid, line), None if rid is None else str(rid), prompt, target, output, reasoning,
+                  output_spec, reasoning_spec)
 
 
 def read_records(path: str | Path, shard: tuple[int, int] = (0, 1)) -> tuple[list[Record], list[BadLine]]:
@@ -146,6 +160,61 @@ def read_records(path: str | Path, shard: tuple[int, int] = (0, 1)) -> tuple[lis
     return records, bad
 
 
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def ids_sha256(ids: list[int]) -> str:
+    """SHA-256 of a token id list (as its compact JSON text)."""
+    return _sha256(json.dumps([int(i) for i in ids], separators=(",", ":")))
+
+
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The run-level part of a trace's request: what every record of this run is traced with."""
+    from .models import resolve_dtype
+
+    hops = (1 if args.hops is None else args.hops) if args.method == "flashtrace" else 0
+    return {
+        "method": args.method,
+        "hops": hops,
+        "threshold": args.threshold,
+        "explain": args.explain,
+        "chat_template": False if args.no_chat_template else None,
+        "model": "default" if args.model is None else str(args.model),
+        "dtype": str(resolve_dtype(args.dtype)).removeprefix("torch."),
+    }
+
+
+def record_request(r: Record, max_new_tokens: int | None = None) -> dict[str, Any]:
+    """The record-level part of a trace's request (hashes of the texts, raw span values)."""
+    req: dict[str, Any] = {
+        "prompt_sha256": _sha256(r.prompt),
+        "target_sha256": None if r.target is None else _sha256(r.target),
+        "output": r.output_spec,
+        "reasoning": r.reasoning_spec,
+    }
+    if r.target is None:  # the generated target depends on it
+        req["max_new_tokens"] = max_new_tokens
+    return req
+
+
+#: How :func:`stale_reasons` names a request key that differs.
+_LABELS = {"prompt_sha256": "prompt", "target_sha256": "target", "output": "output span",
+           "reasoning": "reasoning span", "chat_template": "chat_template"}
+
+
+def stale_reasons(tr: Trace, request: dict[str, Any]) -> list[str]:
+    """Why ``tr`` is not what ``request`` would make (empty list: it is)."""
+    have = tr.params.get("request")
+    if not isinstance(have, dict):
+        return ["no record of its settings (written by the API, by hand or by an older ftlens)"]
+    keys = list(request) + [k for k in have if k not in request and k != "ids_sha256"]
+    reasons = [_LABELS.get(k, k) for k in keys if have.get(k) != request.get(k)]
+    if have.get("ids_sha256") != ids_sha256(tr.ids):
+        reasons.append("input ids")
+    return reasons
+
+
 def existing_ok(path: Path) -> Trace | None:
     """The trace at ``path`` if it exists and loads, else ``None``."""
     if not path.exists():
@@ -174,12 +243,17 @@ def run_batch(
     out_dir: str | Path,
     trace_fn: Callable[[Record], Trace],
     *,
+    request_fn: Callable[[Record], dict[str, Any]],
     shard: tuple[int, int] = (0, 1),
     resume: bool = False,
     progress: bool = True,
 ) -> list[Outcome]:
     """Trace each record of ``input_path`` in ``shard`` with ``trace_fn`` into ``out_dir``.
 
+    ``request_fn(record)`` is what the trace of ``record`` is made from; it is saved in
+    ``params["request"]`` (with ``ids_sha256``), and with ``resume`` an existing trace is
+    kept only when :func:`stale_reasons` finds no difference (else re-traced, the reasons
+    in ``Outcome.info["stale"]``).
     Returns one :class:`Outcome` per input line of the shard (bad lines included), in
     line order; the index file is (re)written at the end, also after Ctrl-C or a crash.
     Raises :class:`SpanError` without touching anything when, without ``resume``,
@@ -209,14 +283,19 @@ def run_batch(
         for r in records:
             o = outcomes[r.line]
             path = out / f"{r.key}.json"
+            request = request_fn(r)
             done = existing_ok(path) if resume else None
-            if done is not None:
+            stale = stale_reasons(done, request) if done is not None else []
+            if done is not None and not stale:
                 o.status, o.skipped, o.info = "ok", True, _info(done)
             else:
                 try:
                     tr = trace_fn(r)
+                    tr.params["request"] = {**request, "ids_sha256": ids_sha256(tr.ids)}
                     tr.save(path)
                     o.status, o.info = "ok", _info(tr)
+                    if stale:
+                        o.info["stale"] = stale
                 except ModelLoadError:
                     raise  # no record can succeed: stop, with the model's message
                 except (FtlensError, RuntimeError) as exc:
@@ -235,9 +314,13 @@ def run_cli(args: argparse.Namespace) -> int:
     """``ftlens batch``: see :func:`ftlens.cli.build_parser` for the options."""
     import ftlens
 
-    from .cli import _check_trace_options, _load
+    from .cli import _check_trace_options, _load, check_model_options, check_writable_dir, set_threads
 
     _check_trace_options(args.method, args.hops, args.threshold)
+    check_writable_dir(args.out, "--out")
+    check_model_options(args)
+    settings = run_settings(args)
+    set_threads(args)
     chat_template = False if args.no_chat_template else None
     model: list[Any] = []
 
@@ -250,8 +333,11 @@ def run_cli(args: argparse.Namespace) -> int:
             max_new_tokens=args.max_new_tokens, progress=False,
         )
 
-    outcomes = run_batch(args.input, args.out, trace_fn, shard=args.shard, resume=args.resume,
-                         progress=not args.no_progress)
+    def request_fn(r: Record) -> dict[str, Any]:
+        return {**settings, **record_request(r, args.max_new_tokens)}
+
+    outcomes = run_batch(args.input, args.out, trace_fn, request_fn=request_fn, shard=args.shard,
+                         resume=args.resume, progress=not args.no_progress)
     ok = [o for o in outcomes if o.status == "ok"]
     skipped = sum(o.skipped for o in ok)
     failed = [o for o in outcomes if o.status == "failed"]
@@ -262,6 +348,14 @@ def run_cli(args: argparse.Namespace) -> int:
         f"{skipped} already done, {len(failed)} failed; {len(bad)} bad lines; index "
         f"{Path(args.out) / index_name(args.shard)}"
     )
+    stale = [o for o in ok if o.info.get("stale")]
+    if stale:
+        counts: dict[str, int] = {}
+        for o in stale:
+            for why in o.info["stale"]:
+                counts[why] = counts.get(why, 0) + 1
+        print(f"re-traced {len(stale)} stale trace{'s' if len(stale) != 1 else ''} made differently from this run "
+              f"(different {'; '.join(f'{k}: {v}' for k, v in counts.items())})")
     for o in sorted(bad + failed, key=lambda o: o.line):
         kind = "bad line" if o.status == "bad-line" else "failed"
         print(f"ftlens: error: line {o.line}: {kind}: {o.error}", file=sys.stderr)

@@ -22,6 +22,7 @@ A substring or regex that occurs several times is refused unless ``--output-occu
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -147,6 +148,76 @@ def parse_shard(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (``.`` for a relative path with none)."""
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_writable_dir(value: str | os.PathLike, flag: str) -> Path:
+    """Refuse, before any model loads, an output folder that is a file or cannot be created/written."""
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise SpanError(f"{flag} {str(value)!r} is a file, not a folder; pass a folder path")
+    _check_parent(path, flag, value)
+    return path
+
+
+def check_writable_file(value: str | os.PathLike | None, flag: str) -> None:
+    """Refuse, before any model loads, an output file path that is a folder or cannot be written."""
+    if value is None:
+        return
+    path = Path(value).expanduser()
+    if path.is_dir():
+        example = path / ("trace.html" if flag == "--html" else "trace.json")
+        raise SpanError(f"{flag} {str(value)!r} is a folder; pass a file name, e.g. {str(example)!r}")
+    _check_parent(path.parent, flag, value)
+
+
+def _check_parent(folder: Path, flag: str, value: str | os.PathLike) -> None:
+    base = _nearest_existing(folder)
+    if not base.is_dir():
+        raise SpanError(f"{flag} {str(value)!r} cannot be written: {str(base)!r} is a file, not a folder; pick another path")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise SpanError(
+            f"{flag} {str(value)!r} cannot be written: the folder {str(base)!r} is not writable; "
+            "pick another path or fix its permissions"
+        )
+
+
+def _check_spans_with_tokenizer(args: argparse.Namespace, prompt: str, target: str | None,
+                                output: Any, reasoning: Any, chat_template: bool | None) -> None:
+    """Resolve the spans with the default model's tokenizer (~0.1 s) before loading the model.
+
+    Only for the default model (its tokenizer is available offline without the weights, and is
+    exactly the one the loaded model uses); other models check spans once loaded.
+    """
+    if target is None or args.model not in (None, "default"):
+        return
+    from .models import default_tokenizer
+    from .spans import build_sequence
+
+    build_sequence(default_tokenizer(), prompt, target, output=output, reasoning=reasoning, chat_template=chat_template)
+
+
+def check_model_options(args: argparse.Namespace) -> None:
+    """``--device`` and ``--dtype`` checked before anything slow (no model is loaded)."""
+    from .models import resolve_device, resolve_dtype
+
+    resolve_device(args.device)
+    resolve_dtype(args.dtype)
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    """``--threads N``: torch's intra-op CPU threads for this run."""
+    if getattr(args, "threads", None) is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -174,6 +245,11 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     reasoning = parse_span(args.reasoning, "--reasoning", args.reasoning_occurrence, allow_none=True)
     _check_trace_options(args.method, args.hops, args.threshold)
     chat_template = False if args.no_chat_template else None
+    check_writable_file(args.json, "--json")
+    check_writable_file(args.html, "--html")
+    check_model_options(args)
+    _check_spans_with_tokenizer(args, prompt, target, output, reasoning, chat_template)
+    set_threads(args)
     model = _load(args)
     if target is None:
         target = ftlens.generate(model, prompt, max_new_tokens=args.max_new_tokens, chat_template=chat_template)
@@ -221,6 +297,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .examples import NEEDLE_PROMPT, NEEDLE_TARGET
 
     _check_trace_options("flashtrace", args.hops)
+    check_writable_dir(args.out, "--out")
+    check_model_options(args)
+    set_threads(args)
     model = _load(args)
     tr = ftlens.trace(model, NEEDLE_PROMPT, NEEDLE_TARGET, hops=args.hops, progress=not args.no_progress)
     print(tr.summary(args.top))
@@ -287,6 +366,8 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=None, help="HF name or local checkpoint folder (default: bundled SmolLM2-135M-Instruct, offline)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
     g.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+    g.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="CPU threads torch may use (torch.set_num_threads; default: torch's choice)")
 
 
 def _method_options(p: argparse.ArgumentParser) -> None:
@@ -302,6 +383,22 @@ def _method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def version_text() -> str:
+    """``ftlens X (torch Y, transformer-lens Z, Python V)``: what a bug report needs."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    def dist(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    py = ".".join(str(x) for x in sys.version_info[:3])
+    return f"ftlens {__version__} (torch {dist('torch')}, transformer-lens {dist('transformer-lens')}, Python {py})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -312,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run `ftlens COMMAND --help` for examples.\n" + _EXIT_CODES,
         formatter_class=fmt,
     )
+    parser.add_argument("--version", action="version", version=version_text(),
+                        help="print the ftlens, torch and TransformerLens versions and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     tr = sub.add_parser(
@@ -388,7 +487,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ftlens: error: cannot write or read{where}: {exc.strerror or exc}; check the path and permissions", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        print("ftlens: interrupted", file=sys.stderr)
+        hint = ""
+        if args.command == "batch":
+            hint = "; the traces written so far are kept: rerun the same command with --resume to do the rest"
+        print(f"ftlens: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

@@ -161,10 +161,15 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
             f"device={device!r} was asked for but CUDA is not available here; use device='cpu' "
             "(CLI: --device cpu) or leave the device unset"
         )
-    try:  # mps without Metal, cuda:7 on a 1-GPU machine, a backend torch was not built with
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(
+            f"device={str(device)!r} was asked for but MPS (Apple Metal) is not available here; use "
+            "device='cpu' (CLI: --device cpu) or leave the device unset"
+        )
+    try:  # cuda:7 on a 1-GPU machine, a backend this torch was not built with
         torch.empty(0, device=resolved)
     except (RuntimeError, AssertionError, ValueError) as exc:
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:120]
         raise ModelLoadError(
             f"device={str(device)!r} is not available here ({why}); use device='cpu' "
             "(CLI: --device cpu) or leave the device unset"
@@ -579,8 +584,6 @@ def _unavailable(name: str, why: str) -> ModelLoadError:
 def _load_named(
     name: str, device: torch.device, dtype: torch.dtype, device_map: str | dict | None = None
 ) -> TransformerBridge:
-    from transformer_lens.model_bridge import TransformerBridge
-
     expanded = os.path.expanduser(name)
     offline_ctx: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if os.path.isdir(expanded):
@@ -604,6 +607,8 @@ def _load_named(
             raise _unavailable(name, "not in the Hugging Face cache, and the hub is unreachable.")
     elif not _hub_offline() and not _hub_reachable():
         offline_ctx = _forced_hub_offline()  # cached: skip the hub's retries
+    from transformer_lens.model_bridge import TransformerBridge  # slow (~5 s): after the cheap checks
+
     try:
         with offline_ctx:
             if device_map is not None:  # multi-device placement by accelerate, through the bridge

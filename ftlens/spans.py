@@ -49,6 +49,8 @@ Span selection (``output=`` / ``reasoning=``), always relative to the target:
   one-sentence target is all output with no reasoning.  With one span given
   explicitly, ``"auto"`` for the other means: reasoning = target text before the
   output; output = target text after the reasoning.
+"""
+
 from __future__ import annotations
 
 import re
@@ -277,6 +279,81 @@ def tokenize_in_context(
     return ids, offsets, p
 
 
+#: Left context (tokens) re-decoded with each window, so that decoders that treat a
+#: sequence's first token specially (sentencepiece's leading space) cancel out.
+_DECODE_CONTEXT = 4
+#: A character is at most 4 UTF-8 bytes; a piece that stays incomplete longer is invalid
+#: UTF-8 the model wrote, shown as U+FFFD like ``decode`` does.
+_MAX_PENDING = 8
+_FFFD = "\ufffd"
+
+
+def decode_with_offsets(tokenizer: Any, ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
+    """The text of ``ids`` and, per token, the half-open range of characters it touches.
+
+    Incremental decoding: ``started[i]``, the number of characters begun by ``ids[:i+1]``,
+    is the length of their decoded text, a trailing run of U+FFFD (what decoders emit for
+    an incomplete character: one per run or one per byte) counting as one; it is computed
+    on a short window after the last complete character.  The text is ``decode(ids)``,
+    except that a character cut at the end is one U+FFFD.  Token ``i``
+    touches characters ``[started[i-1], started[i])``, and one more on the left when it
+    continues a character an earlier token began (the convention of fast tokenizers'
+    offsets).  A token holding only continuation bytes gets ``(c, c + 1)`` of that
+    character; one that decodes to nothing gets an empty range.
+    """
+    ids = [int(i) for i in ids]
+
+    def dec(part: list[int]) -> str:
+        return tokenizer.decode(part, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    parts: list[str] = []
+    committed = 0  # characters of the complete text so far
+    c = 0  # ids[:c] decode to exactly those characters
+    offsets: list[tuple[int, int]] = []
+    prev_started, prev_incomplete = 0, False
+    head_key, head, new = None, "", ""
+    for i in range(len(ids)):
+        w = max(0, c - _DECODE_CONTEXT)
+        if head_key != (w, c):
+            head_key, head = (w, c), dec(ids[w:c])
+        full = dec(ids[w : i + 1])
+        new = full[len(head) :]
+        if new.endswith(_FFFD):  # one character begun (decoders emit one U+FFFD per byte or per run)
+            new = new.rstrip(_FFFD) + _FFFD
+        started = committed + len(new)
+        a = prev_started - 1 if prev_incomplete else prev_started
+        offsets.append((min(a, started), max(a, started)))
+        incomplete = new.endswith(_FFFD) and i + 1 - c < _MAX_PENDING
+        if not incomplete:
+            parts.append(new)
+            committed, c = started, i + 1
+        prev_started, prev_incomplete = started, incomplete
+    if c < len(ids):  # cut inside a character: keep its U+FFFD, as decode does
+        parts.append(new)
+    return "".join(parts), offsets
+
+
+def display_tokens(tokenizer: Any, ids: list[int]) -> list[str]:
+    """The tokens of ``ids`` as shown to a user: each character once, on its first piece.
+
+    A character split over several byte-level tokens (``" 東"`` = ``'Ġæ' 'Ŀ' '±'``) is
+    shown on the first token holding any of its bytes; the other pieces are
+    continuations, shown as :data:`CONTINUATION` (the empty string), so
+    ``"".join(display_tokens(tok, ids)) == tok.decode(ids)``.  Whole tokens, special
+    tokens included, are shown as they decode.
+    """
+    text, offsets = decode_with_offsets(tokenizer, ids)
+    return _shown_once(text, offsets)
+
+
+def _shown_once(text: str, offsets: list[tuple[int, int]]) -> list[str]:
+    out, shown = [], 0
+    for a, b in offsets:
+        out.append(text[max(a, shown) : b] if b > shown else CONTINUATION)
+        shown = max(shown, b)
+    return out
+
+
 def _find_all(target: str, sel: Select) -> list[tuple[int, int]]:
     if sel.text is not None:
         if not sel.text:
@@ -313,17 +390,23 @@ def _resolve(
     if sum(given) != 1:
         raise SpanError(f"{what} selection needs exactly one of text=, regex=, tokens=")
     if sel.tokens is not None:
-        a, b = sel.tokens
+        if not (isinstance(sel.tokens, (tuple, list)) and len(sel.tokens) == 2 and all(map(_is_index, sel.tokens))):
+            raise SpanError(f"{what} tokens= must be a pair (a, b) of integers or None, got {sel.tokens!r}")
+        a0, b0 = sel.tokens
+        a = 0 if a0 is None else (a0 + m if a0 < 0 else a0)
+        b = m if b0 is None else (b0 + m if b0 < 0 else b0)
         if not (0 <= a < b <= m):
+            shown = f"{'' if a0 is None else a0}:{'' if b0 is None else b0}"
             raise SpanError(
-                f"{what} token range {a}:{b} is empty or out of range; the target has {m} tokens "
-                f"(valid: 0 <= a < b <= {m})"
+                f"{what} token range {shown} is empty or out of range; the target has {m} tokens "
+                f"(valid: 0 <= a < b <= {m}; negative indices count from the end)"
             )
         return p + a, p + b
     if sel.text is not None and not sel.text.strip():
         raise SpanError(f"{what} span text is empty; pass a non-blank substring of the target")
     found = _find_all(target, sel)
     label = repr(sel.text if sel.text is not None else sel.regex)
+    how = f"{'text' if sel.text is not None else 'regex'}={label}"
     if not found:
         raise SpanError(
             f"{what} span {label} was not found in the target text; pass text that occurs in the "
@@ -333,7 +416,7 @@ def _resolve(
         where = ", ".join(str(c0) for c0, _ in found[:5])
         raise SpanError(
             f"{what} span {label} occurs {len(found)} times in the target (at chars {where}); "
-            f"pick one with ftlens.Select({label}, occurrence=k) (CLI: --{what}-occurrence k), "
+            f"pick one with ftlens.Select({how}, occurrence=k) (CLI: --{what}-occurrence k), "
             f"k in 0..{len(found) - 1}"
         )
     k = sel.occurrence or 0
@@ -352,10 +435,21 @@ def _strip_range(text: str, c0: int, c1: int) -> tuple[int, int] | None:
 
 
 def auto_spans(target: str) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
-    """(reasoning, output) char ranges by the documented ``auto`` rule."""
+    """(reasoning, output) char ranges by the documented ``auto`` rule.
+
+    With ``</think>``: reasoning from after the first ``<think>`` (or the start) to the
+    last ``</think>``, output after it.  A ``<think>`` after the last ``</think>`` (or
+    with none) is unterminated: :class:`SpanError`, there is no output to find.
+    """
     close = target.rfind("</think>")
+    if target.rfind("<think>") > close:
+        raise SpanError(
+            "the target has an unterminated <think> (no </think> after it: was the reply cut off "
+            "while thinking?), so there is no output to find automatically; pass output= (e.g. "
+            "the last tokens, output=(-5, None)) or generate more tokens"
+        )
     if close >= 0:
-        open_ = target.rfind("<think>", 0, close)
+        open_ = target.find("<think>", 0, close)
         r0 = open_ + len("<think>") if open_ >= 0 else 0
         return _strip_range(target, r0, close), _strip_range(target, close + len("</think>"), len(target))
     lines = [m for m in re.finditer(r"[^\n]+", target) if m.group().strip()]
@@ -373,20 +467,40 @@ def auto_spans(target: str) -> tuple[tuple[int, int] | None, tuple[int, int] | N
 
 def build_sequence(
     tokenizer: Any,
-    prompt: str,
-    target: str,
+    prompt: str | None,
+    target: str | None = None,
     *,
     output: SpanSpec = "auto",
     reasoning: SpanSpec = "auto",
     chat_template: bool | None = None,
+    target_ids: list[int] | None = None,
+    messages: list[dict[str, str]] | None = None,
+    system: str | None = None,
 ) -> Sequence:
-    """Tokenise prompt + target in context, select the spans and assign roles."""
-    formatted, special = format_prompt(tokenizer, prompt, chat_template)
-    if not isinstance(target, str):
-        raise SpanError("target must be a string (or None to generate)")
-    ids, offsets, p = tokenize_in_context(tokenizer, formatted, special, target)
-    m = len(ids) - p
+    """Tokenise prompt + target in context, select the spans and assign roles.
+
+    ``target`` (text, tokenised in context) or ``target_ids`` (ids used verbatim, e.g.
+    what the model generated; spans are found on their decoded text).  ``prompt`` (with
+    optional ``system``) or ``messages``: see the module docstring.
+    """
+    formatted, special = format_prompt(tokenizer, prompt, chat_template, messages=messages, system=system)
     base = len(formatted)
+    if target_ids is not None:
+        if target is not None:
+            raise SpanError("pass either target= or target_ids=, not both")
+        target_ids = _check_ids(tokenizer, target_ids)
+        prompt_ids, offsets = _encode(tokenizer, formatted, special)
+        p = len(prompt_ids)
+        target, t_off = decode_with_offsets(tokenizer, target_ids)
+        if not target.strip():
+            raise SpanError("target_ids decode to blank text; pass ids of the text to attribute")
+        ids = prompt_ids + target_ids
+        offsets = offsets + [(a + base, b + base) for a, b in t_off]
+    else:
+        if not isinstance(target, str):
+            raise SpanError("target must be a string (or None to generate)")
+        ids, offsets, p = tokenize_in_context(tokenizer, formatted, special, target)
+    m = len(ids) - p
     t_offsets = offsets[p:]
     out_sel, rea_sel = as_select(output, "output"), as_select(reasoning, "reasoning")
     if out_sel is None:
@@ -398,23 +512,21 @@ def build_sequence(
         a, b = _chars_to_tokens(chars, t_offsets, base)
         return p + a, p + b
 
-    auto_r, auto_o = auto_spans(target)
-    out = (
-        tok_range(auto_o)
-        if out_sel == "auto"
-        else _resolve(out_sel, "output", target, t_offsets, base, p, m)
-    )
-    if rea_sel == "auto" and out_sel == "auto":
-        rea = tok_range(auto_r)
-    elif rea_sel == "auto":
-        rea = (p, out[0]) if out[0] > p and target[: _char_start(out[0], offsets, base)].strip() else None
-    elif rea_sel is None:
-        rea = None
-    else:
+    if out_sel == "auto" and rea_sel not in ("auto", None):
         rea = _resolve(rea_sel, "reasoning", target, t_offsets, base, p, m)
-    if out_sel == "auto" and rea_sel not in ("auto", None) and rea is not None:
-        rest = _strip_range(target, _char_end(rea[1] - 1, offsets, base), len(target))
-        out = tok_range(rest)
+        out = tok_range(_strip_range(target, _char_end(rea[1] - 1, offsets, base), len(target)))
+    elif out_sel == "auto":
+        auto_r, auto_o = auto_spans(target)
+        out = tok_range(auto_o)
+        rea = tok_range(auto_r) if rea_sel == "auto" else None
+    else:
+        out = _resolve(out_sel, "output", target, t_offsets, base, p, m)
+        if rea_sel == "auto":
+            rea = (p, out[0]) if out[0] > p and target[: _char_start(out[0], offsets, base)].strip() else None
+        elif rea_sel is None:
+            rea = None
+        else:
+            rea = _resolve(rea_sel, "reasoning", target, t_offsets, base, p, m)
     if out is None:
         raise SpanError("could not find an output span automatically; pass output= explicitly")
     if rea is not None and rea[1] > out[0]:
@@ -422,9 +534,9 @@ def build_sequence(
             f"the output span (target tokens {out[0] - p}:{out[1] - p}) must come after the reasoning "
             f"span (target tokens {rea[0] - p}:{rea[1] - p})"
         )
-    user = _user_prompt_range(formatted, prompt, offsets[:p])
+    user, marked = _user_prompt_range(formatted, _contents(prompt, messages, system), offsets[:p])
     roles = ["template"] * p
-    for i in range(*user):
+    for i in marked:
         roles[i] = "prompt"
     roles += ["other"] * m
     if rea is not None:
@@ -432,14 +544,9 @@ def build_sequence(
             roles[i] = "reasoning"
     for i in range(*out):
         roles[i] = "output"
-    text = formatted + target
-    tokens = [
-        text[s:e] if e > s else tokenizer.decode([tid], skip_special_tokens=False)
-        for tid, (s, e) in zip(ids, offsets)
-    ]
     return Sequence(
         ids=torch.tensor(ids, dtype=torch.long),
-        tokens=tokens,
+        tokens=display_tokens(tokenizer, ids),
         roles=roles,
         prompt_len=p,
         user_prompt=user,
@@ -447,6 +554,20 @@ def build_sequence(
         output=out,
         reasoning=rea,
     )
+
+
+def _check_ids(tokenizer: Any, ids: Any) -> list[int]:
+    try:
+        out = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
+    except (TypeError, ValueError):
+        raise SpanError("target_ids must be a list of token ids (integers)") from None
+    if not out:
+        raise SpanError("target_ids is empty; pass the ids to attribute, or target=None to generate")
+    vocab = len(tokenizer)
+    bad = [i for i in out if not 0 <= i < vocab]
+    if bad:
+        raise SpanError(f"target_ids has ids outside the tokenizer's vocabulary 0..{vocab - 1}: {bad[:5]}")
+    return out
 
 
 def _char_start(pos: int, offsets: list[tuple[int, int]], base: int) -> int:
@@ -457,10 +578,23 @@ def _char_end(pos: int, offsets: list[tuple[int, int]], base: int) -> int:
     return max(0, offsets[pos][1] - base)
 
 
-def _user_prompt_range(formatted: str, prompt: str, offsets: list[tuple[int, int]]) -> tuple[int, int]:
-    c0 = formatted.rfind(prompt)
-    if c0 < 0:
-        return 0, len(offsets)
-    c1 = c0 + len(prompt)
-    hit = [i for i, (s, e) in enumerate(offsets) if s < c1 and e > c0]
-    return (hit[0], hit[-1] + 1) if hit else (0, len(offsets))
+def _user_prompt_range(
+    formatted: str, contents: list[str], offsets: list[tuple[int, int]]
+) -> tuple[tuple[int, int], list[int]]:
+    """The prompt tokens holding the user's ``contents`` (each message's text), found from
+    the end of ``formatted`` backwards (a template's default system prompt comes first),
+    as their overall range and the positions themselves.  Text the template does not
+    copy verbatim (nor stripped) stays ``template``; if none is found, all is prompt."""
+    end, hit = len(formatted), set()
+    for content in reversed(contents):
+        for text in (content, content.strip()):
+            c0 = formatted.rfind(text, 0, end) if text else -1
+            if c0 >= 0:
+                c1 = c0 + len(text)
+                hit.update(i for i, (s, e) in enumerate(offsets) if s < c1 and e > c0)
+                end = c0
+                break
+    if not hit:
+        return (0, len(offsets)), list(range(len(offsets)))
+    marked = sorted(hit)
+    return (marked[0], marked[-1] + 1), marked

@@ -233,10 +233,24 @@ class Trace:
         raise TraceError(f"where must be 'prompt', 'input' or 'all', got {where!r}")
 
     def top(self, k: int = 10, where: str = "prompt") -> list[TokenScore]:
-        """The ``k`` highest-scoring positions among ``where`` (prompt / input / all)."""
+        """The ``k`` highest-scoring characters' tokens among ``where`` (prompt / input / all).
+
+        A character split over several byte-level tokens is shown once, on its first piece
+        (the others are continuations with an empty display string, see
+        :func:`ftlens.spans.display_tokens`): it is ranked as one entry at its first piece's
+        position, with the sum of its pieces' scores (mass is kept).
+        """
         pos = self.positions(where)
-        order = sorted(pos, key=lambda i: -float(self.scores[i]))[: max(0, k)]
-        return [TokenScore(i, self.tokens[i], self.roles[i], float(self.scores[i])) for i in order]
+        merged: dict[int, float] = {}
+        first = None
+        for i in pos:
+            if self.tokens[i] == "" and first is not None and first == i - 1 - _run_length(self.tokens, i):
+                merged[first] += float(self.scores[i])
+                continue
+            first = i
+            merged[i] = float(self.scores[i])
+        order = sorted(merged, key=lambda i: -merged[i])[: max(0, k)]
+        return [TokenScore(i, self.tokens[i], self.roles[i], merged[i]) for i in order]
 
     def top_heads(self, k: int = 10, where: str = "prompt", weighting: str = "route") -> list[HeadScore]:
         """(layer, head) pairs ranked by the attribution they carry to ``where`` positions.
@@ -580,6 +594,14 @@ def _float(x: Any) -> float:
 def _pair(x: Any) -> tuple[int, int]:
     a, b = _list(x)
     return _int(a), _int(b)
+
+
+def _run_length(tokens: list[str], i: int) -> int:
+    """How many continuation pieces (``""``) directly precede position ``i``."""
+    n = 0
+    while i - 1 - n >= 0 and tokens[i - 1 - n] == "":
+        n += 1
+    return n
 
 
 def _check_consistent(tr: "Trace") -> None:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,10 +32,36 @@ def _model_name(model: Any) -> str:
     return str(getattr(cfg, "model_name", None) or getattr(model, "ftlens_name", None) or "unknown")
 
 
-def generate(model: Any, prompt: str, *, max_new_tokens: int = 128, chat_template: bool | None = None) -> str:
-    """Greedy generation of the model's answer text (special tokens dropped)."""
+@dataclass
+class Generation:
+    """A greedy generation: the ids the model wrote (EOS left out), their text, and
+    whether it stopped on an end-of-sequence token (``False``: ``max_new_tokens`` ran out)."""
+
+    ids: list[int]
+    text: str
+    stopped_on_eos: bool
+
+
+def generate_ids(
+    model: Any,
+    prompt: str | None = None,
+    *,
+    max_new_tokens: int = 128,
+    chat_template: bool | None = None,
+    messages: list[dict[str, str]] | None = None,
+    system: str | None = None,
+) -> Generation:
+    """Greedy generation after the formatted prompt: the generated ids, verbatim.
+
+    The ids after the prompt up to (not including) the first end-of-sequence token of
+    the model's generation config (or the tokenizer's EOS) are kept; ``text`` is their
+    decoded text with special tokens dropped.  ``prompt`` / ``messages`` / ``system`` as
+    in :func:`trace`.
+    """
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise TraceError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     tok = model.tokenizer
-    formatted, special = format_prompt(tok, prompt, chat_template)
+    formatted, special = format_prompt(tok, prompt, chat_template, messages=messages, system=system)
     ids = tok(formatted, add_special_tokens=special, return_tensors="pt")["input_ids"]
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
     if isinstance(n_ctx, int) and ids.shape[1] >= n_ctx:
@@ -51,17 +78,46 @@ def generate(model: Any, prompt: str, *, max_new_tokens: int = 128, chat_templat
             do_sample=False,
             pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
         )
-    text = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
-    if not text.strip():
+    gen = [int(i) for i in out[0, ids.shape[1] :].tolist()]
+    eos = _eos_ids(hf, tok)
+    stop = next((i for i, t in enumerate(gen) if t in eos), None)
+    kept = gen if stop is None else gen[:stop]
+    return Generation(kept, tok.decode(kept, skip_special_tokens=True), stop is not None)
+
+
+def _eos_ids(hf: Any, tok: Any) -> set[int]:
+    eos = getattr(getattr(hf, "generation_config", None), "eos_token_id", None)
+    eos = eos if isinstance(eos, (list, tuple)) else [eos]
+    return {int(e) for e in [*eos, tok.eos_token_id] if e is not None}
+
+
+def generate(
+    model: Any,
+    prompt: str | None = None,
+    *,
+    max_new_tokens: int = 128,
+    chat_template: bool | None = None,
+    messages: list[dict[str, str]] | None = None,
+    system: str | None = None,
+) -> str:
+    """Greedy generation of the model's answer text (special tokens dropped); the ids
+    themselves: :func:`generate_ids`."""
+    g = generate_ids(
+        model, prompt, max_new_tokens=max_new_tokens, chat_template=chat_template, messages=messages, system=system
+    )
+    if not g.text.strip():
         raise TraceError("the model generated no text for this prompt; pass target= explicitly")
-    return text
+    return g.text
 
 
 def trace(
     model: Any,
-    prompt: str,
+    prompt: str | None = None,
     target: str | None = None,
     *,
+    target_ids: list[int] | None = None,
+    messages: list[dict[str, str]] | None = None,
+    system: str | None = None,
     output: SpanSpec = "auto",
     reasoning: SpanSpec = "auto",
     hops: int | None = None,
@@ -71,7 +127,7 @@ def trace(
     chat_template: bool | None = None,
     max_new_tokens: int = 128,
     progress: bool = False,
-    completeness_tol: float | None = None,
+    completeness_tol: float | int | None = None,
 ) -> Trace:
     """Attribute the output span of ``target`` to every earlier position.
 
@@ -85,7 +141,14 @@ def trace(
     output end)``, ifr-tokenwise averages those rows; flashtrace then recurses the mass hop 0
     puts on reasoning tokens).  Same result when there is no reasoning span.
     ``threshold`` zeroes normalised per-layer shares below it (off by default).
-    With ``target=None`` the model first generates ``max_new_tokens`` greedily.
+    With ``target=None`` the model first generates ``max_new_tokens`` greedily and the
+    generated ids are traced verbatim (:func:`generate_ids`; the EOS is left out,
+    ``params["stopped_on_eos"]`` says whether it stopped on one, ``params["generated"]``
+    that the target was generated).  ``target_ids=`` traces given ids (no re-tokenisation)
+    instead of ``target`` text.  ``messages=[{"role": "system"|"user"|"assistant",
+    "content": ...}, ...]`` (ending with a user turn) replaces ``prompt``; ``system=`` adds
+    a system prompt to ``prompt``; both need a chat template, and every message's content
+    is role ``prompt`` (see :mod:`ftlens.spans`).
     ``completeness_tol``: the completeness guard's tolerance on each layer's relative L1
     gap (method §3); default :func:`default_tolerance` of the model's dtype (1e-4 in
     float32).  Above it the trace raises :class:`TraceError` naming the layer.
@@ -111,11 +174,18 @@ def trace(
     tol = float(completeness_tol) if completeness_tol is not None else default_tolerance(model)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    if target is None:
-        target = generate(model, prompt, max_new_tokens=max_new_tokens, chat_template=chat_template)
+    generated, stopped_on_eos = target is None and target_ids is None, None
+    if generated:
+        g = generate_ids(
+            model, prompt, max_new_tokens=max_new_tokens, chat_template=chat_template, messages=messages, system=system
+        )
+        if not g.text.strip():
+            raise TraceError("the model generated no text for this prompt; pass target= explicitly")
+        target_ids, stopped_on_eos = g.ids, g.stopped_on_eos
         timings["generate"] = time.perf_counter() - t_start
     seq = build_sequence(
-        model.tokenizer, prompt, target, output=output, reasoning=reasoning, chat_template=chat_template
+        model.tokenizer, prompt, target, output=output, reasoning=reasoning, chat_template=chat_template,
+        target_ids=target_ids, messages=messages, system=system,
     )
     if info.n_ctx is not None and seq.n > int(info.n_ctx):
         raise SpanError(
@@ -172,7 +242,8 @@ def trace(
         method=method,
         params={"hops": hops if method == "flashtrace" else 0, "hops_run": len(hop_records) - 1, "threshold": threshold,
                 "chat_template": chat_template, "rows": n_rows,
-                "explain": explain, "completeness_tol": tol, "family": info.family.kind},
+                "explain": explain, "completeness_tol": tol, "family": info.family.kind,
+                "generated": generated, "stopped_on_eos": stopped_on_eos},
         ids=seq.ids.tolist(),
         tokens=seq.tokens,
         roles=seq.roles,

@@ -168,7 +168,7 @@ def test_device_cuda_without_cuda(capsys):
 
 @pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
 def test_device_mps_without_mps(capsys):
-    fails(capsys, *trace_args("--device", "mps"), match=r"device='mps' is not available here.*--device cpu")
+    fails(capsys, *trace_args("--device", "mps"), match=r"device='mps' was asked for but MPS .* is not available here.*--device cpu")
     from ftlens.models import resolve_device
 
     with pytest.raises(ModelLoadError, match="not available here"):

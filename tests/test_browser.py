@@ -88,7 +88,9 @@ def test_exported_page_renders_offline_in_headless_chromium(tiny_llama, tmp_path
     grid_out = [k for k in rendered if k.endswith("-out")]
     assert grid_out and rendered[grid_out[0]], "selecting a head in the grid did not render its heatmap"
     assert rendered[grid_out[0]][0] == expected[a : tr.inputs_end]
-    assert 'class="ft-sel"' in dom.stdout or "ft-sel" in dom.stdout
+    selected = re.findall(r'<td data-l="(\d+)" data-h="(\d+)"[^>]*class="ft-sel"', dom.stdout)
+    top = tr.top_heads(1)[0]
+    assert selected == [(str(top.layer), str(top.head))], "the grid must open on the top-heads table's first head"
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "browser_trace.png"

@@ -74,7 +74,8 @@ def _reference(arch: str, ids: tuple[int, ...]) -> HFReference:
 
 @functools.cache
 def _trace(arch: str, method: str) -> ftlens.Trace:
-    return ftlens.trace(_model(arch), PROMPT, TARGET, method=method, hops=HOPS, **SPANS)
+    hops = HOPS if method == "flashtrace" else None
+    return ftlens.trace(_model(arch), PROMPT, TARGET, method=method, hops=hops, **SPANS)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -112,13 +112,15 @@ def test_random_spans_on_real_text_build_or_raise_an_ftlens_error(tokenizer, arg
 @SETTINGS
 @given(a=st.integers(-5, 60), b=st.integers(-5, 60))
 def test_token_ranges_select_exactly_that_slice_or_are_refused(tokenizer, a, b):
+    """Negative indices count from the target's end (Python slicing); the rest must fit."""
+    m = seq_len(tokenizer)
+    a1, b1 = (a + m if a < 0 else a), (b + m if b < 0 else b)
     try:
         seq = build_sequence(tokenizer, PROMPT, TARGET, output=(a, b), reasoning=None)
     except FtlensError as exc:
-        m = seq_len(tokenizer)
-        assert not (0 <= a < b <= m) and "out of range" in str(exc)
+        assert not (0 <= a1 < b1 <= m) and "out of range" in str(exc)
         return
-    assert seq.output == (seq.prompt_len + a, seq.prompt_len + b)
+    assert seq.output == (seq.prompt_len + a1, seq.prompt_len + b1)
 
 
 _LEN: dict = {}

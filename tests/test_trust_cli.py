@@ -12,6 +12,7 @@ import torch
 
 import ftlens
 from ftlens import cli
+from ftlens.batch import ids_sha256
 from ftlens.trace import Trace
 
 from .conftest import PROMPT, TARGET
@@ -90,6 +91,15 @@ def test_spans_the_tokenizer_can_check_are_refused_before_loading(loads, capsys,
     assert rc == 1 and loads == []
 
 
+@pytest.mark.parametrize("option", [["--device", "gpu0"], ["--device", "mps"], ["--dtype", "float8"]])
+def test_device_and_dtype_are_refused_before_loading(loads, capsys, option):
+    if option[1] == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    rc, _, err = run(capsys, *trace_argv(*option))
+    one_error_line(err)
+    assert rc == 1 and loads == []
+
+
 def test_demo_out_that_is_a_file_is_refused_before_loading(loads, capsys, tmp_path):
     f = tmp_path / "demo"
     f.write_text("x")
@@ -145,28 +155,29 @@ def count_traces(monkeypatch) -> list:
 
 
 @pytest.mark.parametrize(
-    "first, second, reason",
+    "second, reason",
     [
-        ([], ["--method", "ifr-span"], "method"),
-        ([], ["--hops", "2"], "hops"),
-        ([], ["--threshold", "0.001"], "threshold"),
-        ([], ["--explain", "target"], "explain"),
-        ([], ["--no-chat-template"], "chat_template"),
-        ([], ["--model", "other-model"], "model"),
-        ([], ["--dtype", "bfloat16"], "dtype"),
+        (["--method", "ifr-span"], "method"),
+        (["--hops", "2"], "hops"),
+        (["--threshold", "0.001"], "threshold"),
+        (["--explain", "target"], "explain"),
+        (["--no-chat-template"], "chat_template"),
+        (["--model", "other-model"], "model"),
+        (["--dtype", "bfloat16"], "dtype"),
     ],
 )
-def test_resume_retraces_traces_made_with_other_settings(loads, capsys, tmp_path, monkeypatch, first, second, reason):
+def test_resume_retraces_traces_made_with_other_settings(loads, capsys, tmp_path, monkeypatch, second, reason):
     src = write_jsonl(tmp_path / "in.jsonl", ONE)
     out = tmp_path / "out"
-    assert run(capsys, "batch", src, "--out", out, "--no-progress", *first)[0] == 0
+    assert run(capsys, "batch", src, "--out", out, "--no-progress")[0] == 0
     calls = count_traces(monkeypatch)
     rc, stdout, err = run(capsys, "batch", src, "--out", out, "--resume", "--no-progress", *second)
     assert rc == 0, err
     assert len(calls) == 1 and "1 traced, 0 already done" in stdout
     assert re.search(rf"re-traced 1 stale trace.*{reason}", stdout), stdout
-    req = Trace.load(out / "a.json").params["request"]
-    assert req == cli_request(second)
+    tr = Trace.load(out / "a.json")
+    req = dict(tr.params["request"])
+    assert req.pop("ids_sha256") == ids_sha256(tr.ids) and req == cli_request(second)
 
 
 def cli_request(argv: list[str]) -> dict:

@@ -85,3 +85,21 @@ def test_hand_edited_trace_that_makes_no_sense_is_refused(saved, what, tmp_path)
     EDITS[what](d)
     with pytest.raises(SchemaError, match=what.replace("(", r"\(").replace(")", r"\)")):
         ftlens.Trace.from_dict(d)
+
+
+def test_top_ranks_a_multibyte_character_once_with_its_pieces_mass(tiny_llama):
+    """' 東京です' is split into byte pieces; top() shows each character once, at its first
+    piece, with the summed score of its pieces (no '' continuation entries)."""
+    prompt = "Where is the capital? 東京です. Answer now."
+    tr = ftlens.trace(tiny_llama, prompt, "It is Tokyo.", chat_template=False, hops=0)
+    pos = tr.prompt_positions
+    assert any(tr.tokens[i] == "" for i in pos)  # the tokenizer does split a character here
+    top = tr.top(len(pos))
+    assert all(t.token != "" for t in top)
+    assert sum(t.score for t in top) == pytest.approx(float(tr.scores[pos].sum()), rel=1e-6)
+    for t in top:  # a character's entry holds its first piece plus the continuations after it
+        j, extra = t.pos + 1, 0.0
+        while j < len(tr.tokens) and tr.tokens[j] == "" and j in pos:
+            extra += float(tr.scores[j])
+            j += 1
+        assert t.score == pytest.approx(float(tr.scores[t.pos]) + extra, rel=1e-6, abs=1e-9)
