@@ -251,10 +251,7 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     _check_spans_with_tokenizer(args, prompt, target, output, reasoning, chat_template)
     set_threads(args)
     model = _load(args)
-    if target is None:
-        target = ftlens.generate(model, prompt, max_new_tokens=args.max_new_tokens, chat_template=chat_template)
-        print(f"generated target: {target!r}")
-    tr = ftlens.trace(
+    tr = ftlens.trace(  # target None: generates, then traces the generated ids themselves
         model,
         prompt,
         target,
@@ -265,8 +262,14 @@ def _cmd_trace(args: argparse.Namespace) -> int:
         explain=args.explain,
         threshold=args.threshold,
         chat_template=chat_template,
+        max_new_tokens=args.max_new_tokens,
         progress=not args.no_progress,
     )
+    if target is None:
+        rows = int(tr.params["rows"])
+        generated = model.tokenizer.decode(tr.ids[len(tr.ids) - rows:], skip_special_tokens=False)
+        eos = " (stopped on EOS, not traced)" if tr.params.get("stopped_on_eos") else ""
+        print(f"generated target: {generated!r}{eos}")
     print(tr.summary(args.top))
     if args.json:
         print(f"wrote {tr.save(args.json)}")
@@ -449,7 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("input", metavar="INPUT.jsonl", help="one JSON object per line")
     ba.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     ba.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="I/N", help="do only lines L with (L-1) %% N == I (0 <= I < N)")
-    ba.add_argument("--resume", action="store_true", help="keep records whose output exists and loads; do the rest")
+    ba.add_argument("--resume", action="store_true", help="keep each trace that loads and was made with these settings from this record's text; "
+                    "(re)trace the rest, saying how many were stale and why")
     _model_options(ba)
     _method_options(ba)
     ba.set_defaults(func=_cmd_batch)

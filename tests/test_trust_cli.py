@@ -299,3 +299,21 @@ def test_batch_interrupt_says_how_to_resume(loads, capsys, tmp_path, monkeypatch
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("ftlens: interrupted"), err
     assert "rerun the same command with --resume" in lines[0]
+
+
+# --------------------------------------------------------------------------- 1 (CLI part): generated ids traced verbatim
+
+
+def test_trace_without_target_traces_the_generated_ids_like_the_api(default_model, monkeypatch, capsys, tmp_path):
+    """The CLI must not decode the generation to text and re-tokenise it (issue 11, item 1):
+    SmolLM2's 20 greedy tokens for this prompt re-tokenise to 21."""
+    monkeypatch.setattr(ftlens, "load_model", lambda *a, **k: default_model)
+    prompt = "List three fruits."
+    rc, out, err = run(capsys, "trace", "--prompt", prompt, "--max-new-tokens", 20, "--output", "0:1",
+                       "--reasoning", "none", "--json", tmp_path / "t.json", "--no-progress")
+    assert rc == 0, err
+    api = ftlens.trace(default_model, prompt, None, max_new_tokens=20, output=(0, 1), reasoning=None)
+    cli_tr = Trace.load(tmp_path / "t.json")
+    assert cli_tr.ids == api.ids and torch.equal(cli_tr.scores, api.scores)
+    generated = default_model.tokenizer.decode(api.ids[len(api.ids) - api.params["rows"]:])
+    assert out.startswith(f"generated target: {generated!r}")
