@@ -32,7 +32,7 @@ import torch
 import ftlens
 from ftlens import evaluate as E
 from ftlens import tasks as T
-from ftlens.capture import temporary_hooks
+from ftlens.bridge import temporary_hooks
 
 RANKINGS = ("ftlens", "ftlens-route", "random", "attention")
 

@@ -10,12 +10,14 @@ Public API::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .errors import FtlensError, ModelLoadError, SchemaError, SpanError, TraceError
 from .spans import Select
-from .trace import Trace
-from .tracing import METHODS, Generation, generate, generate_ids, trace
+from .result import Trace
+from .generation import Generation, generate, generate_ids
+from .options import METHODS
+from .pipeline import trace
 
 
 def load_model(name: str | None = None, *, device=None, dtype=None, device_map=None):

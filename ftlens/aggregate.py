@@ -5,7 +5,7 @@ A *virtual target* is a weighted sum of target rows ``w[t] >= 0``:
     ybar[l] = sum_t w[t] b[l, t],   abar[l] = sum_t w[t] a[l, t]
     Abar[l, h, s] = sum_t w[t] A[l, h, t, s]
 
-and the per-layer shares of :func:`ftlens.ifr.layer_shares` are computed once
+and the per-layer shares of :func:`ftlens.ifr.normalised_shares` are computed once
 per ``(l, h, s)`` on those sums.  The token score is the layer sum
 ``r(s) = sum_l sum_h e[l, h, s]``.  The token-wise method is the same computation
 with one-hot weights, batched over rows.
@@ -24,28 +24,12 @@ from torch import Tensor
 from .attention import attention_rows, weighted_attention
 from .capture import LayerState, ModelInfo
 from .errors import TraceError
-from .ifr import completeness_gap, layer_shares, mlp_share
+from .ifr import completeness_gap, normalised_shares, mlp_share
+from .records import Shares
 
 
-@dataclass
-class SpanShares:
-    """Per-layer shares of one virtual target.
 
-    ``heads[l, h, s]`` is ``e``; ``residual[l]``, ``bias[l]`` complete each layer to 1;
-    ``mlp[l]`` is the MLP share of the block output (reported, not used in scores);
-    ``gap[l]`` the completeness guard's relative gap at layer ``l`` (method §3).
-    """
 
-    heads: Float[Tensor, "layer head src"]
-    residual: Float[Tensor, " layer"]
-    bias: Float[Tensor, " layer"]
-    mlp: Float[Tensor, " layer"]
-    gap: Float[Tensor, " layer"] | None = None
-
-    @property
-    def scores(self) -> Float[Tensor, " src"]:
-        """``r(s) = sum_l sum_h e[l, h, s]``."""
-        return self.heads.sum(dim=(0, 1))
 
 
 def _bias_total(info: ModelInfo, layer: int, wsum: Tensor) -> Tensor | None:
@@ -93,7 +77,7 @@ def span_shares(
     threshold: float | None = None,
     progress: Callable[[int], None] | None = None,
     tol: float | None = None,
-) -> SpanShares:
+) -> Shares:
     """Shares of the virtual target ``sum_t weights[t] * row t`` (rows = tracked positions).
 
     With a post-norm's frozen scales ``s_t`` (``LayerState.row_scale``), the attention rows
@@ -111,7 +95,7 @@ def span_shares(
         bias_total = _bias_total(info, layer, wa.sum(-1))
         gap = float(completeness_gap(y, x, bias_total, abar, st.v, info.w_o[layer])[0])
         check_completeness(gap, layer, tol, info)
-        sh = layer_shares(y, x, bias_total, abar, st.v, info.w_o[layer], threshold)
+        sh = normalised_shares(y, x, bias_total, abar, st.v, info.w_o[layer], threshold)
         largest.append(float(sh.largest.min()))
         heads.append(sh.heads[0].to(home))
         res.append(sh.residual[0].to(home))
@@ -121,8 +105,9 @@ def span_shares(
         if progress is not None:
             progress(layer)
     check_threshold(largest, threshold)
-    return SpanShares(
-        torch.stack(heads), torch.stack(res), torch.stack(bias), torch.stack(mlp), torch.tensor(gaps)
+    return Shares(
+        heads=torch.stack(heads), residual=torch.stack(res), bias=torch.stack(bias), mlp=torch.stack(mlp),
+        gap=torch.tensor(gaps),
     )
 
 
@@ -131,11 +116,11 @@ class TokenwiseResult:
     """Token-wise rows and their mean.
 
     ``row_scores[r, s] = r_t(s)`` for each selected row ``t``; ``mean`` holds the
-    per-layer shares averaged over rows (its ``scores`` is the mean row).
+    per-layer shares averaged over rows (its ``raw_scores`` is the mean row).
     """
 
     row_scores: Float[Tensor, "row src"]
-    mean: SpanShares
+    mean: Shares
 
 
 def tokenwise_shares(
@@ -174,7 +159,7 @@ def tokenwise_shares(
             gap = float(completeness_gap(st.b[idx], st.a[idx], bias_total, attn, st.v, info.w_o[layer]).max())
             check_completeness(gap, layer, tol, info)
             l_gap = max(l_gap, gap)
-            sh = layer_shares(st.b[idx], st.a[idx], bias_total, attn, st.v, info.w_o[layer], threshold)
+            sh = normalised_shares(st.b[idx], st.a[idx], bias_total, attn, st.v, info.w_o[layer], threshold)
             l_largest = min(l_largest, float(sh.largest.min()))
             row_scores[start : start + idx.numel()] += sh.heads.sum(dim=1).to(home)
             l_heads += sh.heads.sum(dim=0)
@@ -189,10 +174,11 @@ def tokenwise_shares(
         if progress is not None:
             progress(layer)
     check_threshold(largest, threshold)
-    mean = SpanShares(
-        torch.stack(heads), torch.stack(res), torch.stack(bias), torch.stack(mlp), torch.tensor(gaps)
+    mean = Shares(
+        heads=torch.stack(heads), residual=torch.stack(res), bias=torch.stack(bias), mlp=torch.stack(mlp),
+        gap=torch.tensor(gaps),
     )
     return TokenwiseResult(row_scores=row_scores, mean=mean)
 
 
-__all__ = ["SpanShares", "span_shares", "TokenwiseResult", "tokenwise_shares"]
+__all__ = ["span_shares", "TokenwiseResult", "tokenwise_shares"]

@@ -33,7 +33,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .capture import temporary_hooks
+from .bridge import temporary_hooks
 from .errors import TraceError
 from .spans import Sequence
 
@@ -248,7 +248,7 @@ def ftlens_scores(
     ``explain="target"`` (hop 0 over reasoning + answer) the names carry a ``-target`` suffix
     after the family: ``ifr-tokenwise-target``, ``ifr-span-target``, ``flashtrace-target-h{k}``.
     """
-    from .tracing import trace
+    from .pipeline import trace
 
     out: dict[str, tuple[Tensor, float, Any]] = {}
     sfx = "" if explain == "output" else f"-{explain}"

@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import FtlensError, ModelLoadError, SpanError
-from .trace import Trace, atomic_write_text
+from .fileio import atomic_write_text
+from .result import Trace
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -94,7 +95,7 @@ def file_key(record_id: Any, line: int) -> str:
 
 def parse_record(text: str, line: int) -> Record:
     """One JSONL line as a :class:`Record`; :class:`SpanError` says what is wrong with it."""
-    from .cli import parse_span
+    from .spans import parse_span
 
     try:
         obj = json.loads(text)
@@ -308,60 +309,3 @@ def run_batch(
         rows = [outcomes[k].index_row() for k in sorted(outcomes)]
         atomic_write_text(out / index_name(shard), "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return [outcomes[k] for k in sorted(outcomes)]
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """``ftlens batch``: see :func:`ftlens.cli.build_parser` for the options."""
-    import ftlens
-
-    from .cli import _check_trace_options, _load, check_model_options, check_writable_dir, set_threads
-
-    _check_trace_options(args.method, args.hops, args.threshold)
-    check_writable_dir(args.out, "--out")
-    check_model_options(args)
-    settings = run_settings(args)
-    set_threads(args)
-    chat_template = False if args.no_chat_template else None
-    model: list[Any] = []
-
-    def trace_fn(r: Record) -> Trace:
-        if not model:  # load lazily: a finished --resume run needs no model
-            model.append(_load(args))
-        return ftlens.trace(
-            model[0], r.prompt, r.target, output=r.output, reasoning=r.reasoning, hops=args.hops, explain=args.explain,
-            method=args.method, threshold=args.threshold, chat_template=chat_template,
-            max_new_tokens=args.max_new_tokens, progress=False,
-        )
-
-    def request_fn(r: Record) -> dict[str, Any]:
-        return {**settings, **record_request(r, args.max_new_tokens)}
-
-    outcomes = run_batch(args.input, args.out, trace_fn, request_fn=request_fn, shard=args.shard,
-                         resume=args.resume, progress=not args.no_progress)
-    ok = [o for o in outcomes if o.status == "ok"]
-    skipped = sum(o.skipped for o in ok)
-    failed = [o for o in outcomes if o.status == "failed"]
-    bad = [o for o in outcomes if o.status == "bad-line"]
-    i, n = args.shard
-    print(
-        f"batch {args.input} shard {i}/{n}: {len(ok) + len(failed)} records, {len(ok) - skipped} traced, "
-        f"{skipped} already done, {len(failed)} failed; {len(bad)} bad lines; index "
-        f"{Path(args.out) / index_name(args.shard)}"
-    )
-    stale = [o for o in ok if o.info.get("stale")]
-    if stale:
-        counts: dict[str, int] = {}
-        for o in stale:
-            for why in o.info["stale"]:
-                counts[why] = counts.get(why, 0) + 1
-        print(f"re-traced {len(stale)} stale trace{'s' if len(stale) != 1 else ''} made differently from this run "
-              f"(different {'; '.join(f'{k}: {v}' for k, v in counts.items())})")
-    for o in sorted(bad + failed, key=lambda o: o.line):
-        kind = "bad line" if o.status == "bad-line" else "failed"
-        print(f"ftlens: error: line {o.line}: {kind}: {o.error}", file=sys.stderr)
-    if bad or failed:
-        lines = ", ".join(str(o.line) for o in sorted(bad + failed, key=lambda o: o.line))
-        print(f"ftlens: error: {len(bad)} bad lines and {len(failed)} failed records (lines {lines}); "
-              "fix them and rerun with --resume", file=sys.stderr)
-        return 1
-    return 0

@@ -23,9 +23,8 @@ Hooks are always removed when the capture ends, also when it raises.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from einops import rearrange
@@ -34,8 +33,9 @@ from torch import Tensor
 
 from .attention import AttentionSpec
 from .errors import TraceError
-from .families import BlockFamily, attention_scale, describe, hf_config, post_norm_gain, qk_hooks, rotate_qk, sliding_window
-from .fastattn import fast_attention
+from .bridge import act_name, device_of, hf_config, temporary_hooks
+from .families import BlockFamily, attention_scale, describe, post_norm_gain, qk_hooks, rotate_qk, sliding_window
+from .lean_forward import fast_attention
 
 
 @dataclass
@@ -140,23 +140,6 @@ class _StopForward(Exception):
     """Raised by the last hook: the rest of the forward (final norm, unembedding) is not needed."""
 
 
-@contextlib.contextmanager
-def temporary_hooks(model: Any, hooks: list[tuple[str, Callable]]) -> Iterator[None]:
-    """Register ``(hook_name, fn)`` pairs on the bridge and remove exactly those on exit."""
-    added = []
-    try:
-        for name, fn in hooks:
-            point = model.hook_dict[name]
-            handle = point.add_hook(fn)
-            added.append((point, handle))
-        yield
-    finally:
-        for point, handle in added:
-            handle.hook.remove()
-            if handle in point.fwd_hooks:
-                point.fwd_hooks.remove(handle)
-
-
 def capture(
     model: Any,
     tokens: Int[Tensor, " pos"],
@@ -176,7 +159,7 @@ def capture(
     post-norm family the attention output ``o`` and its frozen norm scale
     ``s_t = rsqrt(mean(o_t^2) + eps)``.  Raises :class:`TraceError` naming the layer if
     a residual stream becomes non-finite.  ``fast_attn``: run supported attention
-    layers through :func:`ftlens.fastattn.fast_attention` (fused SDPA, no ``[H, T, T]``
+    layers through :func:`ftlens.lean_forward.fast_attention` (fused SDPA, no ``[H, T, T]``
     pattern; same hooks, same values up to rounding).
     """
     fam = info.family if info.family is not None else describe(model)
@@ -220,23 +203,22 @@ def capture(
 
     hooks: list[tuple[str, Callable]] = []
     for layer in range(info.n_layers):
-        pre = f"blocks.{layer}"
         hooks += [
-            (f"{pre}.hook_in", keep_resid(layer, "a")),
-            (f"{pre}.hook_out", keep_resid(layer, "c")),
-            (f"{pre}.attn.{info.q_hook}", keep_q(layer)),
-            (f"{pre}.attn.{info.k_hook}", keep_kv(layer, "k")),
-            (f"{pre}.attn.v.hook_out", keep_kv(layer, "v")),
+            (act_name(layer, "hook_in"), keep_resid(layer, "a")),
+            (act_name(layer, "hook_out"), keep_resid(layer, "c")),
+            (act_name(layer, f"attn.{info.q_hook}"), keep_q(layer)),
+            (act_name(layer, f"attn.{info.k_hook}"), keep_kv(layer, "k")),
+            (act_name(layer, "attn.v.hook_out"), keep_kv(layer, "v")),
         ]
         if fam.mid_hook is not None:
-            hooks.append((f"{pre}.{fam.mid_hook}", keep_resid(layer, "b")))
+            hooks.append((act_name(layer, fam.mid_hook), keep_resid(layer, "b")))
         if fam.needs_attn_out:
-            hooks.append((f"{pre}.attn.hook_out", keep_resid(layer, "o")))
+            hooks.append((act_name(layer, "attn.hook_out"), keep_resid(layer, "o")))
         if fam.qk == "bridge-rotary":
-            hooks += [(f"{pre}.attn.hook_cos", keep_all(layer, "cos")), (f"{pre}.attn.hook_sin", keep_all(layer, "sin"))]
+            hooks += [(act_name(layer, "attn.hook_cos"), keep_all(layer, "cos")), (act_name(layer, "attn.hook_sin"), keep_all(layer, "sin"))]
     with fast_attention(model, enabled=fast_attn), temporary_hooks(model, hooks), torch.no_grad():
         try:
-            model(tokens[None].to(_device_of(model)), return_type=None)
+            model(tokens[None].to(device_of(model)), return_type=None)
         except _StopForward:
             pass
     needed = ("a", "c", "q", "k", "v") + (("o",) if fam.needs_attn_out else ()) + (("b",) if fam.mid_hook else ())
@@ -292,7 +274,3 @@ def _all_finite(x: Tensor) -> bool:
     if bool(torch.isfinite(x.sum())):
         return True
     return bool(torch.isfinite(x).all())  # a finite sum can overflow only for huge finite values
-
-
-def _device_of(model: Any) -> torch.device:
-    return next(model.parameters()).device

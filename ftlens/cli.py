@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import FtlensError, SpanError, TraceError
+from .options import check_options
+from .spans import parse_span
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-_RANGE = re.compile(r"\s*(-?\d+)\s*:\s*(-?\d+)\s*")
 
 
 # --------------------------------------------------------------------------- argument values
@@ -59,63 +60,6 @@ def read_text_arg(value: str, flag: str) -> str:
         ) from None
     except OSError as exc:
         raise SpanError(f"cannot read {flag} file {str(path)!r}: {exc.strerror}") from None
-
-
-def parse_span(value: Any, flag: str, occurrence: int | None = None, allow_none: bool = False) -> Any:
-    """A CLI / batch span value as an argument of :func:`ftlens.trace` (see the module doc)."""
-    from .spans import Select
-
-    if value is None and allow_none:
-        return None
-    if isinstance(value, list) and len(value) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in value):
-        value = f"{value[0]}:{value[1]}"
-    if not isinstance(value, str):
-        raise SpanError(f"{flag} must be a string (auto, A:B, re:REGEX or a substring) or [a, b]; got {value!r:.60}")
-    if value == "auto":
-        if occurrence is not None:
-            raise SpanError(f"{flag}-occurrence needs a substring or re:REGEX span, not auto")
-        return "auto"
-    if value == "none" and allow_none:
-        return None
-    if value.startswith("re:"):
-        pattern = value[3:]
-        if not pattern:
-            raise SpanError(f"{flag} re: needs a regular expression after the prefix, e.g. re:[0-9]+")
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise SpanError(f"{flag} regex {pattern!r} does not compile ({exc}); fix the pattern") from None
-        return Select(regex=pattern, occurrence=occurrence)
-    if value.startswith("text:"):
-        return Select(text=value[5:], occurrence=occurrence)
-    if ":" in value and re.fullmatch(r"[\s\d:+-]*", value):
-        m = _RANGE.fullmatch(value)
-        if m is None:
-            raise SpanError(
-                f"{flag} {value!r} is not a token range; write A:B with two integers, e.g. 0:5 "
-                f"(target tokens, half-open), or text:{value} for a literal"
-            )
-        if occurrence is not None:
-            raise SpanError(f"{flag}-occurrence needs a substring or re:REGEX span, not a token range")
-        return Select(tokens=(int(m.group(1)), int(m.group(2))))
-    return Select(text=value, occurrence=occurrence)
-
-
-def _check_trace_options(method: str, hops: int | None, threshold: float | None = None) -> None:
-    """The checks :func:`ftlens.trace` makes, done before the model loads."""
-    from .tracing import METHODS
-
-    if threshold is not None and not (0 <= threshold < 1):
-        raise TraceError(f"threshold must be in [0, 1), got {threshold}; e.g. --threshold 0.01")
-
-    if method not in METHODS:
-        raise TraceError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    from .tracing import MAX_HOPS
-
-    if hops is not None and not 0 <= hops <= MAX_HOPS:
-        raise TraceError(f"hops must be an integer in [0, {MAX_HOPS}], got {hops}; use --hops 0 for no recursion")
-    if hops not in (None, 0) and method != "flashtrace":
-        raise TraceError(f"--hops applies to --method flashtrace only ({method} makes one pass); drop --hops")
 
 
 def _check_prompt(prompt: str) -> None:
@@ -243,7 +187,7 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     target = read_text_arg(args.target, "--target") if args.target is not None else None
     output = parse_span(args.output, "--output", args.output_occurrence)
     reasoning = parse_span(args.reasoning, "--reasoning", args.reasoning_occurrence, allow_none=True)
-    _check_trace_options(args.method, args.hops, args.threshold)
+    check_options(args.method, args.hops, args.threshold)
     chat_template = False if args.no_chat_template else None
     check_writable_file(args.json, "--json")
     check_writable_file(args.html, "--html")
@@ -279,7 +223,7 @@ def _cmd_trace(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from .trace import Trace
+    from .result import Trace
 
     tr = Trace.load(args.trace)
     print(tr.summary(args.top))
@@ -289,9 +233,60 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
-    from .batch import run_cli
+    """``ftlens batch``: trace every record of a JSONL file (library: :mod:`ftlens.batch`)."""
+    import ftlens
 
-    return run_cli(args)
+    from .batch import Record, index_name, record_request, run_batch, run_settings
+
+    check_options(args.method, args.hops, args.threshold)
+    check_writable_dir(args.out, "--out")
+    check_model_options(args)
+    settings = run_settings(args)
+    set_threads(args)
+    chat_template = False if args.no_chat_template else None
+    model: list[Any] = []
+
+    def trace_fn(r: Record) -> Trace:
+        if not model:  # load lazily: a finished --resume run needs no model
+            model.append(_load(args))
+        return ftlens.trace(
+            model[0], r.prompt, r.target, output=r.output, reasoning=r.reasoning, hops=args.hops, explain=args.explain,
+            method=args.method, threshold=args.threshold, chat_template=chat_template,
+            max_new_tokens=args.max_new_tokens, progress=False,
+        )
+
+    def request_fn(r: Record) -> dict[str, Any]:
+        return {**settings, **record_request(r, args.max_new_tokens)}
+
+    outcomes = run_batch(args.input, args.out, trace_fn, request_fn=request_fn, shard=args.shard,
+                         resume=args.resume, progress=not args.no_progress)
+    ok = [o for o in outcomes if o.status == "ok"]
+    skipped = sum(o.skipped for o in ok)
+    failed = [o for o in outcomes if o.status == "failed"]
+    bad = [o for o in outcomes if o.status == "bad-line"]
+    i, n = args.shard
+    print(
+        f"batch {args.input} shard {i}/{n}: {len(ok) + len(failed)} records, {len(ok) - skipped} traced, "
+        f"{skipped} already done, {len(failed)} failed; {len(bad)} bad lines; index "
+        f"{Path(args.out) / index_name(args.shard)}"
+    )
+    stale = [o for o in ok if o.info.get("stale")]
+    if stale:
+        counts: dict[str, int] = {}
+        for o in stale:
+            for why in o.info["stale"]:
+                counts[why] = counts.get(why, 0) + 1
+        print(f"re-traced {len(stale)} stale trace{'s' if len(stale) != 1 else ''} made differently from this run "
+              f"(different {'; '.join(f'{k}: {v}' for k, v in counts.items())})")
+    for o in sorted(bad + failed, key=lambda o: o.line):
+        kind = "bad line" if o.status == "bad-line" else "failed"
+        print(f"ftlens: error: line {o.line}: {kind}: {o.error}", file=sys.stderr)
+    if bad or failed:
+        lines = ", ".join(str(o.line) for o in sorted(bad + failed, key=lambda o: o.line))
+        print(f"ftlens: error: {len(bad)} bad lines and {len(failed)} failed records (lines {lines}); "
+              "fix them and rerun with --resume", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -299,7 +294,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from .examples import NEEDLE_PROMPT, NEEDLE_TARGET
 
-    _check_trace_options("flashtrace", args.hops)
+    check_options("flashtrace", args.hops)
     check_writable_dir(args.out, "--out")
     check_model_options(args)
     set_threads(args)
@@ -390,7 +385,7 @@ def version_text() -> str:
     """``ftlens X (torch Y, transformer-lens Z, Python V)``: what a bug report needs."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from . import __version__
+    from ._version import __version__
 
     def dist(name: str) -> str:
         try:

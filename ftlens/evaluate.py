@@ -35,7 +35,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .trace import atomic_write_text
+from .fileio import atomic_write_text
 
 VARIANTS = ("answer", "target")
 

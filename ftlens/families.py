@@ -52,9 +52,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .bridge import hf_config
 from .errors import TraceError
 
-__all__ = ["BlockFamily", "describe", "SUPPORTED", "REFUSED", "hf_config", "rotate_qk"]
+__all__ = ["BlockFamily", "describe", "SUPPORTED", "REFUSED", "rotate_qk"]
 
 
 @dataclass(frozen=True)
@@ -109,12 +110,6 @@ REFUSED: dict[str, str] = {
     "qwen3_next": "a hybrid of attention and linear-attention (gated delta-net) layers",
     "gemma3": "the multimodal Gemma 3 wrapper; load the text model (Gemma3ForCausalLM)",
 }
-
-
-def hf_config(model: Any) -> Any:
-    """The Hugging Face config behind a bridge (``None`` if there is none)."""
-    hf = getattr(model, "original_model", None)
-    return getattr(hf, "config", None)
 
 
 def _refuse(model_type: str, why: str) -> TraceError:

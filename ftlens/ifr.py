@@ -12,7 +12,7 @@ For a "virtual target" with residual sums ``y`` (after the attention add),
 
 A token-wise row is the case of one target token (``y = b[t]``, ``Abar = A[:, t]``);
 a span is the case of weighted sums over target tokens.  Both go through
-:func:`layer_shares`, one definition for both methods.
+:func:`normalised_shares`, one definition for both methods.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ class LayerShares:
     largest: Float[Tensor, " row"] | None = None  # largest head share before the threshold
 
 
-def layer_shares(
+def normalised_shares(
     y: Float[Tensor, "row d"],
     x: Float[Tensor, "row d"],
     bias_total: Float[Tensor, "row d"] | None,
@@ -177,6 +177,6 @@ __all__ = [
     "head_proximities",
     "completeness_gap",
     "LayerShares",
-    "layer_shares",
+    "normalised_shares",
     "mlp_share",
 ]

@@ -25,10 +25,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .aggregate import SpanShares
-
-
-EXPLAIN = ("output", "target")
+from .options import EXPLAIN
+from .records import HopRecord, Shares
 
 
 def explained_span(output: tuple[int, int], reasoning: tuple[int, int] | None, explain: str) -> tuple[int, int]:
@@ -41,37 +39,33 @@ def explained_span(output: tuple[int, int], reasoning: tuple[int, int] | None, e
     return output
 
 
-@dataclass
-class Hop:
-    """One hop: the span it traced, its shares and its contribution to ``F``."""
-
-    weight: float  # c_k: mass this hop distributes (1 for hop 0)
-    norm: float  # sum_s v_k(s)
-    shares: SpanShares  # e_k and per-layer residual / bias / MLP shares
-    contribution: Float[Tensor, " pos"]  # c_k * p_k restricted to inputs (zero elsewhere)
-    pending: Float[Tensor, " pos"]  # mu_k over positions (zero outside pending)
-
-    @property
-    def thinking_ratio(self) -> float:
-        """``|mu_k|``: mass still on reasoning tokens after this hop."""
-        return float(self.pending.sum())
-
-    def head_attribution(self, inputs: Tensor) -> Float[Tensor, "layer head pos"]:
-        """``c_k / sum(v_k) * e_k`` restricted to input positions."""
-        scale = self.weight / self.norm if self.norm > 0 else 0.0
-        return self.shares.heads * inputs.float() * scale
+def _hop(weight: float, norm: float, shares: Shares, contribution: Tensor, pending: Tensor) -> HopRecord:
+    """The record of one hop: ``c_k``, ``sum v_k``, its shares ``e_k`` (on the CPU, float32),
+    its contribution ``c_k p_k`` to ``F`` and the pending mass ``mu_k``."""
+    return HopRecord(
+        weight=float(weight),
+        norm=float(norm),
+        thinking_ratio=float(pending.sum()),
+        scores=contribution.float(),
+        pending=pending.float(),
+        heads=shares.heads.cpu().float(),
+        residual=shares.residual.cpu().float(),
+        bias=shares.bias.cpu().float(),
+        mlp=shares.mlp.cpu().float(),
+        gap=shares.gap.cpu().float() if shares.gap is not None else None,
+    )
 
 
 @dataclass
 class Recursion:
     final: Float[Tensor, " pos"]  # F
-    hops: list[Hop]
+    hops: list[HopRecord]
     output_mass: float
     unresolved: float
 
 
 def recurse(
-    span_fn: Callable[[Tensor], SpanShares],
+    span_fn: Callable[[Tensor], Shares],
     n_pos: int,
     row_start: int,
     output: tuple[int, int],
@@ -99,11 +93,11 @@ def recurse(
     w = torch.zeros(n_rows)
     w[first - row_start : last - row_start] = 1.0 / (last - first)
     shares = span_fn(w)
-    v = shares.scores.cpu()
+    v = shares.raw_scores.cpu()
     norm = float(v.sum())
     p = v / norm if norm > 0 else torch.zeros_like(v)
     mu = p * pending
-    hop_list = [Hop(1.0, norm, shares, p * inputs, mu)]
+    hop_list = [_hop(1.0, norm, shares, p * inputs, mu)]
     final = p * inputs
     output_mass = float(p[output[0] : output[1]].sum())
     for _ in range(hops):
@@ -112,11 +106,11 @@ def recurse(
             break
         w = (mu / mass)[row_start:]
         shares = span_fn(w)
-        v = shares.scores.cpu()
+        v = shares.raw_scores.cpu()
         norm = float(v.sum())
         p = v / norm if norm > 0 else torch.zeros_like(v)
         contribution = mass * p * inputs
         mu = mass * p * pending
         final = final + contribution
-        hop_list.append(Hop(mass, norm, shares, contribution, mu))
+        hop_list.append(_hop(mass, norm, shares, contribution, mu))
     return Recursion(final=final, hops=hop_list, output_mass=output_mass, unresolved=float(mu.sum()))

@@ -30,7 +30,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .trace import Trace, atomic_write_text
+from .fileio import atomic_write_text
+from .result import Trace
 
 __all__ = [
     "View",
@@ -579,10 +580,10 @@ def component_shares_view(shares: Any) -> View:
     """Stacked per-layer shares (heads / residual / bias) and the MLP share as a line."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 2.8))
-    x = torch.arange(shares.heads.numel()).numpy()
-    ax.bar(x, shares.heads.numpy(), label="heads")
-    ax.bar(x, shares.residual.numpy(), bottom=shares.heads.numpy(), label="residual")
-    ax.bar(x, shares.bias.numpy(), bottom=(shares.heads + shares.residual).numpy(), label="bias")
+    x = torch.arange(shares.head_share.numel()).numpy()
+    ax.bar(x, shares.head_share.numpy(), label="heads")
+    ax.bar(x, shares.residual.numpy(), bottom=shares.head_share.numpy(), label="residual")
+    ax.bar(x, shares.bias.numpy(), bottom=(shares.head_share + shares.residual).numpy(), label="bias")
     ax.plot(x, shares.mlp.numpy(), "k.-", label="MLP share (reported)")
     ax.set_xlabel("layer")
     ax.set_ylabel("share")

@@ -45,8 +45,10 @@ from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .capture import temporary_hooks
+from .bridge import act_name, device_of, hf_config, temporary_hooks
 from .errors import SpanError, TraceError
+from . import records
+from .records import unravel_head
 
 __all__ = [
     "LogitLens",
@@ -72,10 +74,6 @@ def _ids_and_span(trace: Any, ids: Sequence[int] | Tensor | None, span: tuple[in
     if not (1 <= a < b <= ids_t.numel()):
         raise SpanError(f"target span {(a, b)} must satisfy 1 <= a < b <= {ids_t.numel()}")
     return ids_t, (a, b)
-
-
-def _device(model: Any) -> torch.device:
-    return next(model.parameters()).device
 
 
 def _final_norm(model: Any):
@@ -113,7 +111,7 @@ def _run(model: Any, ids: Tensor, names: list[str]) -> tuple[dict[str, Tensor], 
 
     hooks = [(n, keep(n)) for n in names]
     with temporary_hooks(model, hooks), torch.no_grad():
-        logits = model(ids[None].to(_device(model)))
+        logits = model(ids[None].to(device_of(model)))
     missing = [n for n in names if n not in acts]
     if missing:
         raise TraceError(f"hooks did not fire: {missing[:3]}; is this a supported decoder model?")
@@ -155,7 +153,7 @@ def logit_lens(
     """Logit lens of the target span (``trace.output`` unless ``span`` is given)."""
     ids_t, (a, b) = _ids_and_span(trace, ids, span)
     n_layers = int(model.cfg.n_layers)
-    names = [f"blocks.{l}.hook_in" for l in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_out"]
+    names = [act_name(l, "hook_in") for l in range(n_layers)] + [act_name(n_layers - 1, "hook_out")]
     acts, _ = _run(model, ids_t, names)
     gamma, beta, eps, centre = _final_norm(model)
     w_u, b_u = _unembed(model)
@@ -223,7 +221,7 @@ class DirectLogitAttribution:
         flat = self.heads.flatten()
         order = torch.argsort(flat, descending=True)[:k]
         n_h = self.heads.shape[1]
-        return [(int(i) // n_h, int(i) % n_h, float(flat[i])) for i in order]
+        return [(*unravel_head(i, n_h), float(flat[i])) for i in order]
 
     def view(self):
         from .render import dla_view
@@ -251,21 +249,21 @@ def direct_logit_attribution(
     (``c * atanh(logit / c)``): the parts add up to that.
     """
     from .capture import model_info
-    from .tracing import default_tolerance
+    from .options import default_tolerance
 
     info = model_info(model)  # refuses unsupported structures before the forward pass
     fam = info.family
     tol = float(completeness_tol) if completeness_tol is not None else default_tolerance(model)
     ids_t, (a, b) = _ids_and_span(trace, ids, span)
     n_layers = int(model.cfg.n_layers)
-    last = f"blocks.{n_layers - 1}.hook_out"
-    names = ["blocks.0.hook_in", last]
+    last = act_name(n_layers - 1, "hook_out")
+    names = [act_name(0, "hook_in"), last]
     for l in range(n_layers):
-        names += [f"blocks.{l}.hook_in", f"blocks.{l}.attn.hook_z", f"blocks.{l}.hook_out"]
+        names += [act_name(l, "hook_in"), act_name(l, "attn.hook_z"), act_name(l, "hook_out")]
         if fam.mid_hook is not None:
-            names.append(f"blocks.{l}.{fam.mid_hook}")
+            names.append(act_name(l, fam.mid_hook))
         if fam.needs_attn_out:
-            names.append(f"blocks.{l}.attn.hook_out")
+            names.append(act_name(l, "attn.hook_out"))
     names = list(dict.fromkeys(names))
     acts, logits = _run(model, ids_t, names)
     gamma, beta, eps, centre = _final_norm(model)
@@ -285,9 +283,9 @@ def direct_logit_attribution(
         return (part * direction).sum(-1)
 
     heads, mlp, attn_bias = [], [], []
-    rebuilt = acts["blocks.0.hook_in"][rows].to(dev).clone()
+    rebuilt = acts[act_name(0, "hook_in")][rows].to(dev).clone()
     for l in range(n_layers):
-        get = lambda name: acts[f"blocks.{l}.{name}"][rows].to(dev)  # noqa: E731
+        get = lambda name: acts[act_name(l, name)][rows].to(dev)  # noqa: E731
         z = _heads_first_rows(get("attn.hook_z"), info.n_heads)  # [tok, head, dh]
         per_head = torch.einsum("thk,hkd->thd", z, info.w_o[l].to(dev))  # g folded in (post-norm)
         bias_w = info.b_o[l].to(dev).expand_as(x_fin) if info.b_o[l] is not None else torch.zeros_like(x_fin)
@@ -309,7 +307,7 @@ def direct_logit_attribution(
             f"(relative L1; tolerance {tol:.0e}; block family {fam.kind!r}); remove hooks you "
             "registered on the model, run in float32, or pass completeness_tol="
         )
-    embed = read(acts["blocks.0.hook_in"][rows].to(dev)).sum()
+    embed = read(acts[act_name(0, "hook_in")][rows].to(dev)).sum()
     unembed_bias = b_u[tgt].sum() if b_u is not None else torch.zeros(())
     norm_bias = (beta.to(dev) @ w_u[:, tgt]).sum() if beta is not None else torch.zeros(())
     target_logits = logits[rows].to(dev).gather(-1, tgt[:, None])
@@ -336,26 +334,14 @@ def _heads_first_rows(z: Tensor, n_heads: int) -> Tensor:
 
 def _final_softcap(model: Any) -> float | None:
     """The final logit soft-cap ``c`` (``logits = c * tanh(raw / c)``; Gemma 2), or ``None``."""
-    from .families import hf_config
-
     cap = getattr(hf_config(model), "final_logit_softcapping", None)
     return float(cap) if cap else None
 
 
 # ---------------------------------------------------------------------- trace shares
-@dataclass
-class ComponentShares:
-    """Per layer, the trace's shares of the span's attention-block update (one hop).
-
-    ``heads + residual + bias = 1`` per layer (the IFR normalisation); ``mlp`` is the
-    reported MLP share ``prox(m|c) / (prox(m|c) + prox(b|c))`` (not part of that sum).
-    """
-
-    heads: Float[Tensor, " layer"]
-    residual: Float[Tensor, " layer"]
-    bias: Float[Tensor, " layer"]
-    mlp: Float[Tensor, " layer"]
-    hop: int
+@dataclass(frozen=True)
+class ComponentShares(records.ComponentShares):
+    """:class:`ftlens.records.ComponentShares` with a view (the record itself knows no renderer)."""
 
     def view(self):
         from .render import component_shares_view
@@ -364,9 +350,10 @@ class ComponentShares:
 
 
 def component_shares(trace: Any, hop: int = 0) -> ComponentShares:
-    """The trace's per-layer component shares of hop ``hop`` (0: the output span)."""
-    s = trace.layer_shares(hop)
-    return ComponentShares(heads=s["heads"], residual=s["residual"], bias=s["bias"], mlp=s["mlp"], hop=hop)
+    """The trace's per-layer component shares of hop ``hop`` (0: the output span):
+    ``head_share + residual + bias = 1`` per layer, and the reported MLP share."""
+    s = trace.component_shares(hop)
+    return ComponentShares(head_share=s.head_share, residual=s.residual, bias=s.bias, mlp=s.mlp, hop=s.hop)
 
 
 @dataclass
@@ -401,7 +388,7 @@ class HeadComparison:
         n_h = self.trace_mass.shape[1]
         order = torch.argsort(flat_m, descending=True)[:k]
         return [
-            (int(i) // n_h, int(i) % n_h, float(flat_m[i]), float(flat_d[i]), int(dla_rank[i]) + 1)
+            (*unravel_head(i, n_h), float(flat_m[i]), float(flat_d[i]), int(dla_rank[i]) + 1)
             for i in order
         ]
 
@@ -435,13 +422,13 @@ def compare_heads(trace: Any, dla: DirectLogitAttribution, *, hop: int = 0, k: i
     top_m = set(torch.argsort(mass.flatten(), descending=True)[:k].tolist())
     top_d = set(torch.argsort(dla.heads.flatten(), descending=True)[:k].tolist())
     attn_abs, mlp_abs = dla.attn.abs(), dla.mlp.abs()
-    shares = trace.layer_shares(hop)
+    shares = trace.component_shares(hop)
     return HeadComparison(
         trace_mass=mass,
         dla=dla.heads.clone(),
         spearman=spearman,
         overlap=len(top_m & top_d) / max(k, 1),
         k=k,
-        layer_attn_trace=shares["heads"].float(),
+        layer_attn_trace=shares.head_share.float(),
         layer_attn_dla=attn_abs / (attn_abs + mlp_abs).clamp_min(1e-12),
     )

@@ -598,3 +598,48 @@ def _user_prompt_range(
         return (0, len(offsets)), list(range(len(offsets)))
     marked = sorted(hit)
     return (marked[0], marked[-1] + 1), marked
+
+
+_RANGE = re.compile(r"\s*(-?\d+)\s*:\s*(-?\d+)\s*")
+
+
+def parse_span(value: Any, flag: str, occurrence: int | None = None, allow_none: bool = False) -> Any:
+    """A span written as text (CLI flags, batch records) -> an argument of :func:`ftlens.trace`.
+
+    ``auto``; ``A:B`` (target tokens, half-open); ``re:REGEX``; ``text:LITERAL``; ``none``
+    (with ``allow_none``); ``[a, b]`` (JSON); anything else is a substring.
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+        value = f"{value[0]}:{value[1]}"
+    if not isinstance(value, str):
+        raise SpanError(f"{flag} must be a string (auto, A:B, re:REGEX or a substring) or [a, b]; got {value!r:.60}")
+    if value == "auto":
+        if occurrence is not None:
+            raise SpanError(f"{flag}-occurrence needs a substring or re:REGEX span, not auto")
+        return "auto"
+    if value == "none" and allow_none:
+        return None
+    if value.startswith("re:"):
+        pattern = value[3:]
+        if not pattern:
+            raise SpanError(f"{flag} re: needs a regular expression after the prefix, e.g. re:[0-9]+")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise SpanError(f"{flag} regex {pattern!r} does not compile ({exc}); fix the pattern") from None
+        return Select(regex=pattern, occurrence=occurrence)
+    if value.startswith("text:"):
+        return Select(text=value[5:], occurrence=occurrence)
+    if ":" in value and re.fullmatch(r"[\s\d:+-]*", value):
+        m = _RANGE.fullmatch(value)
+        if m is None:
+            raise SpanError(
+                f"{flag} {value!r} is not a token range; write A:B with two integers, e.g. 0:5 "
+                f"(target tokens, half-open), or text:{value} for a literal"
+            )
+        if occurrence is not None:
+            raise SpanError(f"{flag}-occurrence needs a substring or re:REGEX span, not a token range")
+        return Select(tokens=(int(m.group(1)), int(m.group(2))))
+    return Select(text=value, occurrence=occurrence)

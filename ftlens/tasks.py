@@ -240,7 +240,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 def greedy_agreement(model: Any, examples: list[dict[str, Any]], max_new_tokens: int = 48) -> float:
     """Fraction of examples whose greedy generation contains the reference answer."""
-    from .tracing import generate
+    from .generation import generate
 
     hits = 0
     for ex in examples:

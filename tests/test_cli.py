@@ -14,8 +14,8 @@ import torch
 
 import ftlens
 from ftlens import cli
-from ftlens.spans import Select
-from ftlens.trace import Trace
+from ftlens.spans import Select, parse_span
+from ftlens.result import Trace
 
 from .conftest import PROMPT, TARGET
 
@@ -118,12 +118,12 @@ def test_occurrence_picks_one_of_several_matches(tiny_cli, capsys, tmp_path):
     ],
 )
 def test_span_syntax(value, expected):
-    assert cli.parse_span(value, "--output") == expected
+    assert parse_span(value, "--output") == expected
 
 
 def test_reasoning_none_means_no_span():
-    assert cli.parse_span("none", "--reasoning", allow_none=True) is None
-    assert cli.parse_span("none", "--output") == Select(text="none")
+    assert parse_span("none", "--reasoning", allow_none=True) is None
+    assert parse_span("none", "--output") == Select(text="none")
 
 
 def test_at_file_reads_utf8_and_double_at_escapes(tmp_path):

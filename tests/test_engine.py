@@ -98,7 +98,7 @@ def test_span_of_one_token_equals_tokenwise_row(tiny):
         w = torch.zeros(n_rows)
         w[r] = 1.0
         sh = span_shares(states, info, row_pos, w)
-        torch.testing.assert_close(sh.scores, tw.row_scores[r], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(sh.raw_scores, tw.row_scores[r], atol=1e-6, rtol=1e-6)
 
 
 def test_scaling_span_weights_changes_nothing(tiny):

@@ -13,11 +13,13 @@ import torch
 
 import ftlens
 from ftlens.errors import SchemaError
-from ftlens.trace import FORMAT_NAME, SCHEMA_VERSION, Trace
+from ftlens.result import Trace
+from ftlens.schema import FORMAT_NAME, SCHEMA_VERSION
 
 from .conftest import PROMPT, TARGET
 
-trace_mod = importlib.import_module("ftlens.trace")  # (the attribute ftlens.trace is the function)
+import ftlens.fileio as fileio_mod  # noqa: E402
+import ftlens.schema as schema_mod  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +91,7 @@ def test_shortest_float32_encoding_round_trips_every_bit_pattern_sampled():
     vals = vals[np.isfinite(vals)]
     extremes = np.array([0.0, -0.0, 1e-45, -1e-45, 1.1754944e-38, 3.4028235e38, -3.4028235e38], dtype=np.float32)
     vals = np.concatenate([vals, extremes])
-    encoded = json.loads(json.dumps(trace_mod._tolist(torch.from_numpy(vals))))
+    encoded = json.loads(json.dumps(schema_mod._tolist(torch.from_numpy(vals))))
     back = torch.tensor(encoded, dtype=torch.float32).numpy()
     assert np.array_equal(back.view(np.uint32), vals.view(np.uint32))
 
@@ -160,7 +162,7 @@ def test_interrupted_save_keeps_the_old_file_and_leaves_no_temp(traces, tmp_path
         raise exc("simulated crash")
 
     module, name = where.split(".")
-    monkeypatch.setattr({"json": trace_mod.json, "os": trace_mod.os}[module], name, boom)
+    monkeypatch.setattr({"json": schema_mod.json, "os": fileio_mod.os}[module], name, boom)
     with pytest.raises(exc):
         new.save(path)
     monkeypatch.undo()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ftlens.ifr import head_proximities, head_writes, layer_shares, mlp_share, proximity
+from ftlens.ifr import head_proximities, head_writes, normalised_shares, mlp_share, proximity
 
 
 def test_proximity_is_clipped_l1_gain():
@@ -41,7 +41,7 @@ def test_layer_shares_with_bias_match_the_formula_by_hand():
     beta = torch.randn(1, d, generator=g)
     u = head_writes(v, w_o)
     y = x + torch.einsum("rhs,hsd->rd", attn, u) + beta  # completeness by construction
-    sh = layer_shares(y, x, beta, attn, v, w_o)
+    sh = normalised_shares(y, x, beta, attn, v, w_o)
     P = torch.tensor([[float(proximity(attn[0, h, s] * u[h, s], y[0])) for s in range(n_src)]
                       for h in range(n_heads)])
     R, Bt = float(proximity(x[0], y[0])), float(proximity(beta[0], y[0]))

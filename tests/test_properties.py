@@ -22,7 +22,7 @@ import ftlens
 from ftlens.errors import FtlensError, SchemaError
 from ftlens.examples import NEEDLE_PROMPT, NEEDLE_TARGET
 from ftlens.spans import Select, build_sequence
-from ftlens.trace import Trace
+from ftlens.result import Trace
 
 from .conftest import PROMPT, TARGET
 
@@ -150,7 +150,7 @@ def _loads_or_schema_error(raw):
     tr.summary(3)
     tr.top(3, where="all")
     tr.top_heads(3)
-    tr.layer_shares(len(tr.hops) - 1)
+    tr.component_shares(len(tr.hops) - 1)
     return tr
 
 
@@ -214,7 +214,7 @@ def test_edited_trace_dicts_load_or_raise_schema_error(valid, data):
 @SETTINGS
 @given(st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=1, max_size=50))
 def test_float32_values_round_trip_exactly_through_json(values):
-    from ftlens.trace import _tolist
+    from ftlens.schema import _tolist
 
     t = torch.tensor(values, dtype=torch.float32)
     back = torch.tensor(json.loads(json.dumps(_tolist(t))), dtype=torch.float32)
@@ -223,7 +223,7 @@ def test_float32_values_round_trip_exactly_through_json(values):
 
 def test_cli_span_parser_never_raises_anything_but_span_errors():
     """Every short string over the span alphabet parses or raises SpanError."""
-    from ftlens.cli import parse_span
+    from ftlens.spans import parse_span
     from ftlens.errors import SpanError
 
     alphabet = ["", "0", "1", "12", ":", "-", " ", "re:", "text:", "(", "a", "auto", "none"]

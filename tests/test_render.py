@@ -61,8 +61,8 @@ def test_every_render_call_targets_a_div_placed_before_it(trace):
         assert div < html.index(f'CircuitsVis.render("{uid}"')
 
 
-def test_trace_to_html_delegates_to_write_html(trace, tmp_path):
-    p = trace.to_html(tmp_path / "x.html")
+def test_write_html_writes_one_offline_page_with_one_bundle(trace, tmp_path):
+    p = render.write_html(trace, tmp_path / "x.html")
     assert p.exists() and p.read_text(encoding="utf-8").count(BUNDLE_MARK) == 1
 
 

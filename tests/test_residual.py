@@ -102,7 +102,7 @@ def test_default_model_dla_sums_to_total_and_lens_ends_at_model_logprob(default_
 def test_component_shares_of_heads_residual_and_bias_sum_to_one_per_layer(tiny_trace):
     for hop in range(len(tiny_trace.hops)):
         s = R.component_shares(tiny_trace, hop)
-        total = s.heads + s.residual + s.bias
+        total = s.head_share + s.residual + s.bias
         torch.testing.assert_close(total, torch.ones_like(total), atol=1e-5, rtol=0)
         assert ((s.mlp >= 0) & (s.mlp <= 1)).all()
 

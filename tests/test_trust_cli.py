@@ -13,7 +13,7 @@ import torch
 import ftlens
 from ftlens import cli
 from ftlens.batch import ids_sha256
-from ftlens.trace import Trace
+from ftlens.result import Trace
 
 from .conftest import PROMPT, TARGET
 

@@ -34,7 +34,7 @@ def test_threshold_below_every_layers_largest_share_keeps_mass(tiny_llama):
 
 
 def test_recursion_stops_once_the_pending_mass_is_negligible(tiny_llama):
-    from ftlens.tracing import PENDING_TOL
+    from ftlens.options import PENDING_TOL
 
     tr = ftlens.trace(tiny_llama, PROMPT, TARGET, hops=400, **SPANS)
     ran = tr.params["hops_run"]
@@ -50,7 +50,7 @@ def test_absurd_hops_are_refused_before_the_forward_pass(tiny_llama):
 
 @pytest.mark.parametrize("method", ["ifr-span", "ifr-tokenwise"])
 def test_hops_on_a_one_pass_method_are_refused(tiny_llama, method):
-    with pytest.raises(TraceError, match=r"hops=3 applies to method='flashtrace' only"):
+    with pytest.raises(TraceError, match=r"hops=3 applies to method 'flashtrace' only"):
         ftlens.trace(tiny_llama, PROMPT, TARGET, method=method, hops=3, **SPANS)
     assert ftlens.trace(tiny_llama, PROMPT, TARGET, method=method, **SPANS).params["hops"] == 0
 

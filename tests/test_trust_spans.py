@@ -94,7 +94,7 @@ def test_generation_traces_the_ids_the_model_generated(tiny_llama):
 
 
 def test_generate_ids_reports_eos_and_keeps_it_out(tiny_llama):
-    from ftlens.tracing import generate_ids
+    from ftlens.generation import generate_ids
 
     g = generate_ids(tiny_llama, PROMPT, max_new_tokens=12)
     assert g.ids == _hf_greedy(tiny_llama, PROMPT, 12)

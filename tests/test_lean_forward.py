@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ftlens.capture import temporary_hooks
-from ftlens.fastattn import fast_attention, supports_fast_attention
+from ftlens.bridge import temporary_hooks
+from ftlens.lean_forward import fast_attention, supports_fast_attention
 
 N_POS = 40
 

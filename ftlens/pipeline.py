@@ -1,0 +1,173 @@
+"""``ftlens.trace``: from text to a :class:`~ftlens.result.Trace`.
+
+    text -> spans (tokenise in context, roles) -> capture (one forward pass)
+         -> aggregate (per-layer shares) -> recursion (hops) -> Trace
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from ._version import __version__
+from .aggregate import span_shares, tokenwise_shares
+from .capture import capture, model_info
+from .errors import SpanError, TraceError
+from .generation import generate_ids
+from .options import PENDING_TOL, check_options, default_tolerance
+from .progress import Progress
+from .recursion import explained_span, recurse
+from .records import HopRecord, Shares
+from .result import Trace
+from .spans import SpanSpec, build_sequence
+
+__all__ = ["trace"]
+
+
+def _model_name(model: Any) -> str:
+    cfg = getattr(model, "cfg", None)
+    return str(getattr(cfg, "model_name", None) or getattr(model, "ftlens_name", None) or "unknown")
+
+
+def trace(
+    model: Any,
+    prompt: str | None = None,
+    target: str | None = None,
+    *,
+    target_ids: list[int] | None = None,
+    messages: list[dict[str, str]] | None = None,
+    system: str | None = None,
+    output: SpanSpec = "auto",
+    reasoning: SpanSpec = "auto",
+    hops: int | None = None,
+    method: str = "flashtrace",
+    explain: str = "output",
+    threshold: float | None = None,
+    chat_template: bool | None = None,
+    max_new_tokens: int = 128,
+    progress: bool = False,
+    completeness_tol: float | int | None = None,
+) -> Trace:
+    """Attribute the output span of ``target`` to every earlier position.
+
+    ``method``: ``"flashtrace"`` (span + recursion through the reasoning span, ``hops``
+    times, default 1; it stops early once the pending mass is <= ``PENDING_TOL`` and
+    ``params["hops_run"]`` says how many ran; other methods refuse ``hops``),
+    ``"ifr-span"`` (one span pass, raw token scores ``r(s)``) or
+    ``"ifr-tokenwise"`` (one row per output token, scores = mean row).
+    ``explain``: what hop 0 explains, ``"output"`` (the answer span, method §10, default)
+    or ``"target"`` (reasoning + answer: hop 0 is one span pass over ``[reasoning start,
+    output end)``, ifr-tokenwise averages those rows; flashtrace then recurses the mass hop 0
+    puts on reasoning tokens).  Same result when there is no reasoning span.
+    ``threshold`` zeroes normalised per-layer shares below it (off by default).
+    With ``target=None`` the model first generates ``max_new_tokens`` greedily and the
+    generated ids are traced verbatim (:func:`generate_ids`; the EOS is left out,
+    ``params["stopped_on_eos"]`` says whether it stopped on one, ``params["generated"]``
+    that the target was generated).  ``target_ids=`` traces given ids (no re-tokenisation)
+    instead of ``target`` text.  ``messages=[{"role": "system"|"user"|"assistant",
+    "content": ...}, ...]`` (ending with a user turn) replaces ``prompt``; ``system=`` adds
+    a system prompt to ``prompt``; both need a chat template, and every message's content
+    is role ``prompt`` (see :mod:`ftlens.spans`).
+    ``completeness_tol``: the completeness guard's tolerance on each layer's relative L1
+    gap (method §3); default :func:`default_tolerance` of the model's dtype (1e-4 in
+    float32).  Above it the trace raises :class:`TraceError` naming the layer.
+    Unsupported model structures are refused before any forward pass.
+    """
+    hops = check_options(method, hops, threshold, explain, completeness_tol)
+    info = model_info(model)  # refuses unsupported structures before any forward pass
+    tol = float(completeness_tol) if completeness_tol is not None else default_tolerance(model)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    generated, stopped_on_eos = target is None and target_ids is None, None
+    if generated:
+        g = generate_ids(
+            model, prompt, max_new_tokens=max_new_tokens, chat_template=chat_template, messages=messages, system=system
+        )
+        if not g.text.strip():
+            raise TraceError("the model generated no text for this prompt; pass target= explicitly")
+        target_ids, stopped_on_eos = g.ids, g.stopped_on_eos
+        timings["generate"] = time.perf_counter() - t_start
+    seq = build_sequence(
+        model.tokenizer, prompt, target, output=output, reasoning=reasoning, chat_template=chat_template,
+        target_ids=target_ids, messages=messages, system=system,
+    )
+    if info.n_ctx is not None and seq.n > int(info.n_ctx):
+        raise SpanError(
+            f"the sequence has {seq.n} tokens but the model's context is {info.n_ctx}; "
+            "shorten the prompt or the target"
+        )
+    row_start = seq.prompt_len
+    n_rows = seq.n - row_start
+    bar = Progress(enabled=progress, total=info.n_layers, desc="capture")
+    t0 = time.perf_counter()
+    states = capture(model, seq.ids, row_start, info, progress=bar.step)
+    bar.close()
+    timings["capture"] = time.perf_counter() - t0
+    row_pos = torch.arange(row_start, seq.n, device=states[0].a.device)
+
+    t0 = time.perf_counter()
+    row_scores = None
+    if method == "ifr-tokenwise":
+        first, last = explained_span(seq.output, seq.reasoning, explain)
+        rows = torch.arange(first - row_start, last - row_start, device=row_pos.device)
+        bar = Progress(enabled=progress, total=info.n_layers, desc="tokenwise")
+        tw = tokenwise_shares(states, info, row_pos, rows, threshold, progress=bar.step, tol=tol)
+        bar.close()
+        scores = tw.mean.raw_scores.cpu()
+        hop_records = [HopRecord(weight=1.0, norm=float(scores.sum()), thinking_ratio=0.0, scores=scores,
+                                 **_cpu_shares(tw.mean))]
+        row_scores = tw.row_scores.cpu()
+        output_mass = unresolved = 0.0
+    else:
+        k = hops
+        bar = Progress(enabled=progress, total=info.n_layers * (k + 1), desc="attribution")
+
+        def span_fn(w: torch.Tensor):
+            return span_shares(states, info, row_pos, w.to(row_pos.device), threshold, progress=bar.step, tol=tol)
+
+        rec = recurse(span_fn, seq.n, row_start, seq.output, seq.reasoning, k, explain=explain,
+                      pending_tol=PENDING_TOL)
+        bar.close()
+        hop_records = rec.hops
+        if method == "ifr-span":
+            scores = hop_records[0].raw_scores  # r(s) of the one span pass
+            hop_records[0].scores = scores
+            output_mass = unresolved = 0.0
+        else:
+            scores = rec.final
+            output_mass, unresolved = rec.output_mass, rec.unresolved
+    timings["attribution"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_start
+    return Trace(
+        model=_model_name(model),
+        method=method,
+        params={"hops": hops, "hops_run": len(hop_records) - 1, "threshold": threshold,
+                "chat_template": chat_template, "rows": n_rows,
+                "explain": explain, "completeness_tol": tol, "family": info.family.kind,
+                "generated": generated, "stopped_on_eos": stopped_on_eos},
+        ids=seq.ids.tolist(),
+        tokens=seq.tokens,
+        roles=seq.roles,
+        output=seq.output,
+        reasoning=seq.reasoning,
+        scores=scores,
+        hops=hop_records,
+        output_mass=output_mass,
+        unresolved=unresolved,
+        row_scores=row_scores,
+        timings=timings,
+        version=__version__,
+    )
+
+
+def _cpu_shares(sh: Shares) -> dict[str, Any]:
+    """A :class:`Shares`' tensors as float32 on the CPU (keyword arguments of a record)."""
+    return {
+        "heads": sh.heads.cpu().float(),
+        "residual": sh.residual.cpu().float(),
+        "bias": sh.bias.cpu().float(),
+        "mlp": sh.mlp.cpu().float(),
+        "gap": sh.gap.cpu().float() if sh.gap is not None else None,
+    }

@@ -1,0 +1,131 @@
+"""The package's import graph has no cycles, and every module imports on its own.
+
+Every ``import`` statement of every module counts, also those inside functions (a lazy
+import that closes a circle is still a circle: it only hides it until the call).  Imports
+under ``if TYPE_CHECKING:`` do not run and are left out.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pkgutil
+from pathlib import Path
+
+import pytest
+
+import ftlens
+
+ROOT = Path(ftlens.__file__).parent
+
+
+def _modules() -> dict[str, Path]:
+    out = {"ftlens": ROOT / "__init__.py"}
+    for info in pkgutil.walk_packages([str(ROOT)], prefix="ftlens."):
+        spec = importlib.util.find_spec(info.name)
+        out[info.name] = Path(spec.origin)
+    return out
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """ftlens modules that ``name`` imports (resolved: ``from . import x`` -> the submodule x)."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "ftlens")
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            if mod.split(".")[0] != "ftlens":
+                return
+            subs = [f"{mod}.{a.name}" for a in node.names if f"{mod}.{a.name}" in known]
+            found.update(subs if subs else [mod])
+            if len(subs) < len(node.names):
+                found.add(mod)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text(), filename=str(path)))
+    found.discard(name)
+    return {m for m in found if m in known}
+
+
+def _graph() -> dict[str, set[str]]:
+    mods = _modules()
+    known = set(mods)
+    return {name: _imports(name, path, known) for name, path in mods.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+    counter = [0]
+
+    def strong(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            strong(v)
+    return out
+
+
+def test_the_package_import_graph_has_no_cycle():
+    graph = _graph()
+    assert len(graph) > 20  # the walk found the package's modules
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_planted_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycles(graph) == [["a", "b", "c"]]
+
+
+def test_the_import_walk_sees_lazy_imports():
+    graph = _graph()
+    assert "ftlens.render" in graph["ftlens.residual"]  # .view() imports the renderer lazily
+
+
+@pytest.mark.parametrize("name", sorted(_modules()))
+def test_every_module_imports(name):
+    importlib.import_module(name)
