@@ -51,6 +51,9 @@ import sys
 import time
 from pathlib import Path
 
+from ftlens.bridge import device_of
+from ftlens.eval import scaffold as S
+
 ROOT = Path(__file__).resolve().parents[1]
 CONTENDERS = (
     "ft-flashtrace-h1",
@@ -182,7 +185,7 @@ def child(args) -> dict:
     load_s = time.perf_counter() - t_load
     from ftlens.spans import build_sequence
 
-    device = next((model or hf).parameters()).device
+    device = device_of(model or hf)
     cuda = device.type == "cuda"
     # warm-up on a tiny input (one-time library initialisation is not what we measure)
     run_contender(args.contender, model, hf, tok, *make_inputs(tok, 48, 24), device, False)
@@ -331,11 +334,7 @@ def write_outputs(args, rows, contenders, header: dict) -> None:
     fields = ["N", "M", "repeat", "contender", "status", "wall_s", "peak_rss_mb", "rss_after_load_mb",
               "peak_cuda_mb", "n_prompt", "n_target", "n_total", "n_output", "n_reasoning", "threads",
               "device", "load_s", "loadavg", "timings"]
-    with open(f"{stem}.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow(r)
+    S.write_csv(f"{stem}.csv", rows, fields)
     table = summarise(rows, contenders)
     lines = [f"<!-- written by analyses/bench_speed.py; {json.dumps(header)} -->",
              f"Machine: {header['machine']}; torch threads: {header['threads']}; device: {header['device']}; "
@@ -355,7 +354,7 @@ def write_outputs(args, rows, contenders, header: dict) -> None:
     bad = [r for r in rows if r["status"] != "ok"]
     if bad:
         lines += ["", "Failed runs:"] + [f"- N={r['N']} M={r['M']} {r['contender']}: {r['status']}" for r in bad]
-    Path(f"{stem}.md").write_text("\n".join(lines) + "\n")
+    S.write_text(f"{stem}.md", "\n".join(lines) + "\n")
     print("\n".join(lines[1:]))
     try:
         plot(table, contenders, f"{stem}.png", header)
@@ -365,12 +364,11 @@ def write_outputs(args, rows, contenders, header: dict) -> None:
 
 def plot(table, contenders, path, header) -> None:
     """Left: median time vs total tokens T (every config).  Right: time vs M at the N with most M values."""
-    import matplotlib
+    with S.figure(path, 1, 2, figsize=(11, 4.2)) as (fig, axes):
+        _curves(fig, axes, table, contenders, header)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+def _curves(fig, axes, table, contenders, header) -> None:
     by_n: dict[int, set] = {}
     for t in table:
         by_n.setdefault(t["N"], set()).add(t["M"])
@@ -392,8 +390,6 @@ def plot(table, contenders, path, header) -> None:
     axes[0].legend(fontsize=7)
     fig.suptitle(f"ftlens bench: {header['model']} on {header['device']}, {header['threads']} thread(s), "
                  f"{header['date']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 def replot(args, contenders) -> None:
@@ -410,25 +406,23 @@ def replot(args, contenders) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--quick", action="store_true",
-                    help=f"small grid {QUICK_GRID}; --repeats runs at N<2048, 1 run at N>=2048")
+    ap = S.parser(__doc__.split("\n\n")[0], epilog=__doc__)
+    S.add_flags(ap, "quick", quick={"help": f"small grid {QUICK_GRID}; --repeats runs at N<2048, 1 run at N>=2048"})
     ap.add_argument("--configs", help="comma list of NxM (prompt x target tokens), e.g. 2000x400,8192x1000")
     ap.add_argument("--contenders", default=",".join(CONTENDERS), help="comma list from " + ", ".join(CONTENDERS))
     ap.add_argument("--repeats", type=int, default=3, help="runs per contender and config (median reported)")
     ap.add_argument("--slow-repeats", type=int, default=None,
                     help="runs per contender at configs with N>=2048 (default: --repeats; --quick: 1)")
-    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every child")
-    ap.add_argument("--model", default="default",
-                    help="'default' (SmolLM2-135M), a HF id/dir, or random:<preset> with preset in "
-                         + ", ".join(PRESETS))
+    S.add_flags(ap, "threads", "model",
+                threads={"default": 2, "metavar": None, "help": "torch.set_num_threads in every child"},
+                model={"default": "default", "help": "'default' (SmolLM2-135M), a HF id/dir, or random:<preset> "
+                       "with preset in " + ", ".join(PRESETS)})
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per child before it is killed")
-    ap.add_argument("--out", default=str(ROOT / "analyses" / "results"))
+    S.add_flags(ap, "out", out={"default": str(ROOT / "analyses" / "results")})
     ap.add_argument("--tag", default=None, help="output name suffix (default: quick or full)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    S.add_flags(ap, "no-progress")
     ap.add_argument("--replot", action="store_true", help="only re-write table and plot of --tag from its CSV")
     # child mode (internal)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

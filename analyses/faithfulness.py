@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Faithfulness benchmark: every method x task -> RISE, MAS, Recovery@10%, insertion AUC, s/example.
 
-Metrics are ftlens.evaluate (method §13): deletion curve over k groups of user-prompt
+Metrics are ftlens.eval.metrics / ftlens.eval.scoring (method §13): deletion curve over k groups of user-prompt
 tokens, each replaced by one fixed token (the same for every method), scored on the answer
 span and on the whole target.  Two calibration rows: ``random`` (a random ordering) and
 ``evidence-first`` (evidence tokens deleted first).  Outputs under --out:
@@ -15,18 +15,18 @@ for a 2-core CPU; analyses/README.md lists the runs actually committed and their
 
 from __future__ import annotations
 
-import argparse
-import csv
-import shlex
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-from ftlens import baselines as B
-from ftlens import evaluate as E
-from ftlens import tasks as T
+from ftlens.eval import baselines as B
+from ftlens.eval import scaffold as S
+from ftlens.eval.cases import build_case
+from ftlens.eval.loading import default_tokenizer_for, load_model_for
+from ftlens.eval.metrics import recovery
+from ftlens.eval.reference import reference_flashtrace
+from ftlens.eval.scoring import Scorer, default_fill
+from ftlens.eval.tasks import TASKS
 
 FTLENS_OUTPUT = ["ifr-tokenwise", "ifr-span", "flashtrace-h0", "flashtrace-h1", "flashtrace-h2", "flashtrace-h3"]
 # explain="target": hop 0 over reasoning + answer (what the whole-target metric scores)
@@ -39,14 +39,15 @@ CHAIN_TASKS = ("vartrack", "twohop", "arith")
 METRICS = ["rise_answer", "rise_target", "mas_answer", "mas_target", "ins_answer", "ins_target", "recovery", "seconds"]
 
 
-def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="model name (default: ftlens default model); 'tiny' = tiny random Llama")
-    p.add_argument("--tasks", nargs="+", default=list(T.TASKS), choices=list(T.TASKS))
+def parse(argv: list[str] | None = None):
+    p = S.parser(__doc__)
+    S.add_flags(p, "model", "n", "seed", "out", "quick", "no-progress", "threads", "from-csv",
+                n={"help": "examples per task and length"},
+                quick={"help": "CI smoke run: 2 examples, short prompts, k=5"})
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     p.add_argument("--lengths", nargs="+", type=int, default=[512, 1024, 2048, 4096],
                    help="prompt lengths (tokens) for the needle tasks")
     p.add_argument("--chain-length", type=int, default=256, help="prompt length (tokens) of vartrack/twohop/arith")
-    p.add_argument("--n", type=int, default=20, help="examples per task and length")
     p.add_argument("--methods", nargs="+", default=ALL_METHODS, choices=ALL_METHODS)
     p.add_argument("--k", type=int, default=20, help="deletion groups")
     p.add_argument("--pct", type=float, default=10.0, help="Recovery@pct%%")
@@ -60,18 +61,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--recovery-only", action="store_true",
                    help="no perturbation curves: only Recovery and seconds (for long needles, where curves cost "
                         "(k+1) forward passes per method)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="analyses/results")
     p.add_argument("--name", default="faithfulness", help="file stem of the outputs (default faithfulness)")
-    p.add_argument("--quick", action="store_true", help="CI smoke run: 2 examples, short prompts, k=5")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--from-csv", default=None,
-                   help="only rebuild summary/markdown/PNG from an existing per-example CSV (e.g. a partial run)")
     a = p.parse_args(argv)
     if a.quick:
         a.n, a.k, a.ig_steps = min(a.n, 2), 5, 4
         a.lengths, a.chain_length = [96], 96
-        if a.tasks == list(T.TASKS):
+        if a.tasks == list(TASKS):
             a.tasks = ["needle_multikey", "twohop"]
     return a
 
@@ -101,7 +96,7 @@ def method_scores(model, ex, seq, fmt, methods, args, fill):
     if "reference" in methods:
         t0 = time.perf_counter()
         try:
-            out["reference"] = (B.reference_flashtrace(model, seq, fmt, hops=1), time.perf_counter() - t0)
+            out["reference"] = (reference_flashtrace(model, seq, fmt, hops=1), time.perf_counter() - t0)
         except Exception as exc:
             errors["reference"] = f"{type(exc).__name__}: {exc}"
     return out, errors
@@ -109,32 +104,26 @@ def method_scores(model, ex, seq, fmt, methods, args, fill):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    cmd = "python analyses/faithfulness.py " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    run = S.Run.start("faithfulness.py", args, argv)
     if args.from_csv:
-        return rebuild(args, cmd, out)
+        return rebuild(run)
     torch.manual_seed(args.seed)
-    model = T.load_model_for(args.model)
+    model = load_model_for(args.model)
     tok = model.tokenizer
-    fill = E.default_fill(tok)
+    fill = default_fill(tok)
     jobs = []
     for task in args.tasks:
         lengths = args.lengths if task.startswith("needle") else [args.chain_length]
         for length in lengths:
-            exs = T.make_examples(task, tok, args.n, length, seed=args.seed)
-            T.write_jsonl(exs, out / "datasets" / f"{task}-{length}{T.seed_tag(args.seed)}.jsonl")
-            jobs += [(f"{task}@{length}", ex) for ex in exs]
-    from tqdm.auto import tqdm
-
+            jobs += [(f"{task}@{length}", ex) for ex in run.dataset(task, tok, args.n, length)]
     rows, errors = [], {}
-    per_ex = out / f"{args.name}.csv"
+    per_ex = run.path(f"{args.name}.csv")
     t_start = time.perf_counter()
-    bar = tqdm(jobs, desc="faithfulness", disable=args.no_progress)
+    bar = run.progress(jobs, "faithfulness")
     for label, ex in bar:
         bar.set_postfix_str(label)
-        seq, case, fmt = T.build_case(model, ex)
-        sc = None if args.recovery_only else E.Scorer(model, case, fill=fill, k=args.k, insertion=not args.no_insertion)
+        seq, case, fmt = build_case(model, ex)
+        sc = None if args.recovery_only else Scorer(model, case, fill=fill, k=args.k, insertion=not args.no_insertion)
         scores, errs = method_scores(model, ex, seq, fmt, args.methods, args, fill)
         for m, e in errs.items():
             errors.setdefault((label, m), e)
@@ -149,17 +138,14 @@ def main(argv: list[str] | None = None) -> int:
                 met = sc.evaluate(s[case.prompt_pos].float(), pct=args.pct)
             else:
                 met = {key: float("nan") for key in METRICS if key not in ("recovery", "seconds")}
-                met["recovery"] = E.recovery(s[case.prompt_pos].float(), case.evidence, args.pct) \
+                met["recovery"] = recovery(s[case.prompt_pos].float(), case.evidence, args.pct) \
                     if case.evidence else float("nan")
             rows.append({"task": label, "id": ex["id"], "method": m, **met, "seconds": secs,
                          "n_prompt_tokens": len(case.prompt_pos), "n_evidence": len(case.evidence)})
-        E.write_csv(per_ex, rows)
+        S.write_csv(per_ex, rows)
     elapsed = time.perf_counter() - t_start
-    summary = summarise(rows)
-    E.write_csv(out / f"{args.name}_summary.csv", summary)
-    (out / f"{args.name}.md").write_text(report(summary, rows, errors, args, cmd, elapsed, fill, tok), encoding="utf-8")
-    plot(summary, out / f"{args.name}.png")
-    print(f"wrote {out}/{args.name}.md ({len(rows)} rows, {elapsed:.0f} s)")
+    write_results(run, rows, errors, elapsed, fill, tok)
+    run.done(f"{args.name}.md", rows, elapsed)
     return 0
 
 
@@ -168,40 +154,27 @@ def punct_mask(tok, ids: torch.Tensor) -> torch.Tensor:
     return torch.tensor([tok.decode([int(i)]).strip() in ("", ",", ".") for i in ids.tolist()])
 
 
-def rebuild(args, cmd, out: Path) -> int:
-    """Summary, markdown and PNG from a per-example CSV (numbers parsed back to floats)."""
-    from ftlens.tasks import default_tokenizer_for
-
-    rows = []
-    with open(args.from_csv, newline="") as f:
-        for r in csv.DictReader(f):
-            d = dict(r)
-            for m in METRICS:
-                d[m] = float(d[m]) if d.get(m) not in (None, "") else float("nan")
-            rows.append(d)
+def write_results(run, rows, errors, elapsed, fill, tok) -> None:
+    """Summary CSV, markdown report and PNG of the per-example ``rows``."""
+    name = run.args.name
     summary = summarise(rows)
-    E.write_csv(out / f"{args.name}_summary.csv", summary)
+    S.write_csv(run.path(f"{name}_summary.csv"), summary)
+    S.write_text(run.path(f"{name}.md"), report(summary, rows, errors, run, elapsed, fill, tok))
+    plot(summary, run.path(f"{name}.png"))
+
+
+def rebuild(run) -> int:
+    """Summary, markdown and PNG from a per-example CSV (numbers parsed back to floats)."""
+    args = run.args
+    rows = S.read_csv(args.from_csv, floats=METRICS)
     tok = default_tokenizer_for(args.model)
-    fill = E.default_fill(tok)
-    (out / f"{args.name}.md").write_text(report(summary, rows, {}, args, cmd, float("nan"), fill, tok), encoding="utf-8")
-    plot(summary, out / f"{args.name}.png")
-    print(f"rebuilt {out}/{args.name}.md from {args.from_csv} ({len(rows)} rows)")
+    write_results(run, rows, {}, float("nan"), default_fill(tok), tok)
+    print(f"rebuilt {run.out}/{args.name}.md from {args.from_csv} ({len(rows)} rows)")
     return 0
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["task"], r["method"]), []).append(r)
-    out = []
-    for (task, method), rs in groups.items():
-        d = {"task": task, "method": method}
-        for m in METRICS:
-            mu, se, n = E.mean_se([r[m] for r in rs])
-            d[m], d[m + "_se"] = mu, se
-            d["n"] = max(d.get("n", 0), n)
-        out.append(d)
-    return out
+    return S.summarise(rows, ("task", "method"), METRICS)
 
 
 def _order(method: str) -> int:
@@ -250,14 +223,11 @@ def checks(summary: list[dict]) -> list[list[str]]:
     return lines
 
 
-def report(summary, rows, errors, args, cmd, elapsed, fill, tok) -> str:
+def report(summary, rows, errors, run, elapsed, fill, tok) -> str:
+    args = run.args
     n_ex = len({r["id"] for r in rows})
-    parts = [
-        "# Faithfulness benchmark",
-        "",
-        f"Command: `{cmd}`",
-        "",
-        f"Model: {args.model or 'default (SmolLM2-135M-Instruct)'}; {n_ex} examples; k = {args.k} deletion groups; "
+    parts = run.header("Faithfulness benchmark") + [
+        f"Model: {run.model_label}; {n_ex} examples; k = {args.k} deletion groups; "
         f"replacement token id {fill} ({tok.decode([fill])!r}); Recovery@{args.pct:g}%; IG {args.ig_steps} steps, "
         f"{args.ig_baseline} baseline; occlusion up to {args.occlusion_max} prompt tokens; wall time {elapsed:.0f} s."
         + (" Punctuation mask ON: ',' '.' and whitespace-only tokens get score 0 for every method (not the "
@@ -274,12 +244,12 @@ def report(summary, rows, errors, args, cmd, elapsed, fill, tok) -> str:
               "ins AUC answer", "Recovery@10%", "s/example", "n"]
     for t in tasks:
         ds = sorted([d for d in summary if d["task"] == t], key=lambda d: _order(d["method"]))
-        parts += [f"## {t}", "", E.markdown_table(header, [
+        parts += [f"## {t}", "", S.markdown_table(header, [
             [d["method"], _fmt(d, "rise_target"), _fmt(d, "rise_answer"), _fmt(d, "mas_target"),
              _fmt(d, "mas_answer"), _fmt(d, "ins_target"), _fmt(d, "ins_answer"), _fmt(d, "recovery"),
              _fmt(d, "seconds"), d["n"]] for d in ds]), ""]
     parts += ["## Target checks", "",
-              E.markdown_table(["target", "value", "status"], checks(summary)), ""]
+              S.markdown_table(["target", "value", "status"], checks(summary)), ""]
     if errors:
         parts += ["## Skipped", ""]
         seen = set()
@@ -292,15 +262,14 @@ def report(summary, rows, errors, args, cmd, elapsed, fill, tok) -> str:
     return "\n".join(parts)
 
 
-def plot(summary: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(summary: list[dict], path) -> None:
     tasks = sorted({d["task"] for d in summary})
     methods = sorted({d["method"] for d in summary}, key=_order)
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(tasks) + 4) * 2 / 2 + 4, 4.5), squeeze=False)
+    with S.figure(path, 1, 2, figsize=(max(8, 1.6 * len(tasks) + 4) * 2 / 2 + 4, 4.5), squeeze=False) as (fig, axes):
+        _bars(axes, tasks, methods, summary)
+
+
+def _bars(axes, tasks, methods, summary) -> None:
     width = 0.8 / max(1, len(methods))
     by = {(d["task"], d["method"]): d for d in summary}
     for ax, key in zip(axes[0], ("rise_target", "recovery")):
@@ -318,9 +287,6 @@ def plot(summary: list[dict], path: Path) -> None:
         ax.set_xticklabels(tasks, rotation=30, ha="right", fontsize=7)
         ax.set_title({"rise_target": "RISE (whole target, lower = better)", "recovery": "Recovery@10% (higher = better)"}[key])
     axes[0][1].legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -19,39 +19,32 @@ over the answer tokens, for k in --ks.  Outputs under --out: ``head_study.csv``,
 
 from __future__ import annotations
 
-import argparse
-import csv
 import random
-import shlex
-import sys
 import time
-from pathlib import Path
 
 import torch
 
 import ftlens
-from ftlens import evaluate as E
-from ftlens import tasks as T
-from ftlens.bridge import temporary_hooks
+from ftlens.bridge import act_name, device_of, hf_model, temporary_hooks
+from ftlens.eval import scaffold as S
+from ftlens.eval.cases import build_case
+from ftlens.eval.loading import load_model_for
+from ftlens.eval.scoring import target_logprobs
+from ftlens.eval.tasks import TASKS
+from ftlens.records import unravel_head
 
 RANKINGS = ("ftlens", "ftlens-route", "random", "attention")
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="model name (default: ftlens default); 'tiny' = tiny random Llama")
-    p.add_argument("--tasks", nargs="+", default=["needle_single", "twohop"], choices=list(T.TASKS))
+    p = S.parser(__doc__)
+    S.add_flags(p, "model", "n", "seed", "out", "quick", "no-progress", "threads", "from-csv",
+                quick={"help": "CI smoke run: 1 example, short prompts"})
+    p.add_argument("--tasks", nargs="+", default=["needle_single", "twohop"], choices=list(TASKS))
     p.add_argument("--length", type=int, default=256, help="prompt tokens")
-    p.add_argument("--n", type=int, default=20, help="examples per task")
     p.add_argument("--ks", nargs="+", type=int, default=[1, 2, 3, 5, 10, 20])
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--random-draws", type=int, default=5,
                    help="random head sets per example and k; their drops are averaged (default 5)")
-    p.add_argument("--out", default="analyses/results")
-    p.add_argument("--quick", action="store_true", help="CI smoke run: 1 example, short prompts")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--from-csv", default=None,
-                   help="only rebuild summary/markdown/PNG from an existing per-example CSV (e.g. a partial run)")
     a = p.parse_args(argv)
     if a.quick:
         a.n, a.length, a.ks, a.tasks = 1, 64, [1, 2, 5], ["needle_single"]
@@ -77,10 +70,10 @@ def clean_pass(model, ids, output, evidence_pos):
 
         return f
 
-    hooks = [(f"blocks.{l}.attn.o.hook_in", zhook(l)) for l in range(L)]
-    hooks += [(f"blocks.{l}.attn.hook_pattern", phook(l)) for l in range(L)]
+    hooks = [(act_name(l, "attn.o.hook_in"), zhook(l)) for l in range(L)]
+    hooks += [(act_name(l, "attn.hook_pattern"), phook(l)) for l in range(L)]
     with temporary_hooks(model, hooks), torch.no_grad():
-        model.original_model(input_ids=ids[None].to(next(model.original_model.parameters()).device))
+        hf_model(model)(input_ids=ids[None].to(device_of(model)))
     return torch.stack(zmean), mass
 
 
@@ -100,12 +93,12 @@ def ablated_logprobs(model, ids, start, output, masks, means, chunk=6):
 
     res = []
     a, b = output
-    with temporary_hooks(model, [(f"blocks.{l}.attn.o.hook_in", hook(l)) for l in range(L)]):
+    with temporary_hooks(model, [(act_name(l, "attn.o.hook_in"), hook(l)) for l in range(L)]):
         for i in range(0, len(masks), chunk):
             mk = torch.stack(masks[i : i + chunk]).float()
             repl = torch.stack([m if m is not None else torch.zeros_like(means_ref(means)) for m in means[i : i + chunk]])
             cur["mask"], cur["repl"] = mk, repl
-            lp = E.target_logprobs(model, ids[None].repeat(mk.shape[0], 1), start, chunk=chunk)
+            lp = target_logprobs(model, ids[None].repeat(mk.shape[0], 1), start, chunk=chunk)
             res.append(lp[:, a - start : b - start].sum(-1))
     return torch.cat(res)
 
@@ -116,36 +109,30 @@ def means_ref(means):
 
 def main(argv=None) -> int:
     args = parse(argv)
-    cmd = "python analyses/head_study.py " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    run = S.Run.start("head_study.py", args, argv)
     if args.from_csv:
-        with open(args.from_csv, newline="") as f:
-            rows = [{**r, "k": int(r["k"]), "drop": float(r["drop"])} for r in csv.DictReader(f)]
+        rows = S.read_csv(args.from_csv, floats=["drop"], ints=["k"])
         n_ex = len({r["id"] for r in rows})
-        return finish(args, cmd, out, rows, n_ex, float("nan"), sorted({r["k"] for r in rows}))
-    model = T.load_model_for(args.model)
+        return finish(run, rows, n_ex, float("nan"), sorted({r["k"] for r in rows}))
+    model = load_model_for(args.model)
     tok = model.tokenizer
     L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
     ks = [k for k in args.ks if k <= L * H]
     jobs = []
     for task in args.tasks:
-        exs = T.make_examples(task, tok, args.n, args.length, seed=args.seed)
-        T.write_jsonl(exs, out / "datasets" / f"head-{task}-{args.length}{T.seed_tag(args.seed)}.jsonl")
+        exs = run.dataset(task, tok, args.n, args.length, name=f"head-{task}-{args.length}")
         jobs += [(task, ex) for ex in exs]
-    from tqdm.auto import tqdm
-
     rows = []
     t_start = time.perf_counter()
-    for i, (task, ex) in enumerate(tqdm(jobs, desc="head study", disable=args.no_progress)):
-        seq, case, _ = T.build_case(model, ex)
+    for task, ex in run.progress(jobs, "head study"):
+        seq, case, _ = build_case(model, ex)
         tr = ftlens.trace(model, ex["prompt"], ex["target"], hops=1)
         ev_pos = [case.prompt_pos[j] for j in case.evidence]
         zmean, mass = clean_pass(model, seq.ids, seq.output, ev_pos)
         order = {
             "ftlens": [(h.layer, h.head) for h in tr.top_heads(L * H, where="prompt", weighting="share")],
             "ftlens-route": [(h.layer, h.head) for h in tr.top_heads(L * H, where="prompt", weighting="route")],
-            "attention": [(int(x) // H, int(x) % H) for x in torch.argsort(mass.flatten(), descending=True)],
+            "attention": [unravel_head(x, H) for x in torch.argsort(mass.flatten(), descending=True)],
         }
         allh = [(l, h) for l in range(L) for h in range(H)]
         for d in range(args.random_draws):
@@ -169,20 +156,16 @@ def main(argv=None) -> int:
             heads = "" if rk == "random" else ";".join(f"L{l}H{h}" for l, h in order[rk][:k])
             rows.append({"task": task, "id": ex["id"], "ranking": rk, "mode": mode, "k": k,
                          "drop": sum(d) / len(d), "clean_logprob": clean, "top_heads": heads})
-        E.write_csv(out / "head_study.csv", rows)
+        S.write_csv(run.path("head_study.csv"), rows)
     elapsed = time.perf_counter() - t_start
-    return finish(args, cmd, out, rows, len(jobs), elapsed, ks)
+    return finish(run, rows, len(jobs), elapsed, ks)
 
 
-def finish(args, cmd, out, rows, n_examples, elapsed, ks) -> int:
-    summary = []
-    groups: dict[tuple, list[float]] = {}
-    for r in rows:
-        groups.setdefault((r["ranking"], r["mode"], r["k"]), []).append(r["drop"])
-    for (rk, mode, k), v in sorted(groups.items(), key=lambda x: (x[0][1], x[0][0], x[0][2])):
-        mu, se, n = E.mean_se(v)
-        summary.append({"ranking": rk, "mode": mode, "k": k, "drop": mu, "drop_se": se, "n": n})
-    E.write_csv(out / "head_study_summary.csv", summary)
+def finish(run, rows, n_examples, elapsed, ks) -> int:
+    args = run.args
+    summary = sorted(S.summarise(rows, ("ranking", "mode", "k"), ("drop",)),
+                     key=lambda d: (d["mode"], d["ranking"], d["k"]))
+    S.write_csv(run.path("head_study_summary.csv"), summary)
     by = {(d["ranking"], d["mode"], d["k"]): d for d in summary}
     checks = []
     if 5 in ks:
@@ -200,26 +183,26 @@ def finish(args, cmd, out, rows, n_examples, elapsed, ks) -> int:
                     status = ("met: random drop <= 0, ftlens drop > 0 by > 3 s.e. of the paired difference"
                               if f > 0 and diff > 3 * diff_se else "MISSED")
                 checks.append([f"top-5 {rk} vs 5 random heads, {mode}-ablation: drop >= 3x random", value, status])
-    md = ["# Head study: ablating the heads ftlens ranks highest", "", f"Command: `{cmd}`", "",
-          f"Model: {args.model or 'default (SmolLM2-135M-Instruct)'}; {n_examples} examples "
+    md = run.header("Head study: ablating the heads ftlens ranks highest") + [
+          f"Model: {run.model_label}; {n_examples} examples "
           f"({', '.join(args.tasks)} at {args.length} prompt tokens, teacher-forced targets); wall time {elapsed:.0f} s. "
           "Drop = log p(answer | clean) - log p(answer | ablated), summed over answer tokens, mean ± standard error "
           f"(positive = the ablation hurts the answer); `random` = the mean over {args.random_draws} random head sets "
           "per example; `ftlens` ranks by per-layer shares, `ftlens-route` by route-weighted shares.", ""]
-    md.append(E.markdown_table(["mode", "ranking", "k", "drop", "n"], [
+    md.append(S.markdown_table(["mode", "ranking", "k", "drop", "n"], [
         [d["mode"], d["ranking"], d["k"], f"{d['drop']:.3f} ± {d['drop_se']:.3f}", d["n"]] for d in summary]))
     by_task: dict[tuple, list[float]] = {}
     for r in rows:
         if r["k"] == 5:
             by_task.setdefault((r["task"], r["mode"], r["ranking"]), []).append(r["drop"])
     if by_task:
-        md += ["", "## k = 5 by task", "", E.markdown_table(["task", "mode", "ranking", "drop", "n"], [
-            [t, mode, rk, "{:.3f} ± {:.3f}".format(*E.mean_se(v)[:2]), len(v)]
+        md += ["", "## k = 5 by task", "", S.markdown_table(["task", "mode", "ranking", "drop", "n"], [
+            [t, mode, rk, "{:.3f} ± {:.3f}".format(*S.mean_se(v)[:2]), len(v)]
             for (t, mode, rk), v in sorted(by_task.items())])]
-    md += ["", "## Target check", "", E.markdown_table(["target", "value", "status"], checks), ""]
-    (out / "head_study.md").write_text("\n".join(md) + "\n", encoding="utf-8")
-    plot(summary, out / "head_study.png")
-    print(f"wrote {out}/head_study.md ({len(rows)} rows, {elapsed:.0f} s)")
+    md += ["", "## Target check", "", S.markdown_table(["target", "value", "status"], checks), ""]
+    S.write_text(run.path("head_study.md"), "\n".join(md) + "\n")
+    plot(summary, run.path("head_study.png"))
+    run.done("head_study.md", rows, elapsed)
     return 0
 
 
@@ -227,17 +210,16 @@ def paired_difference(rows, ranking: str, mode: str, k: int) -> tuple[float, flo
     """Mean and standard error over examples of ``drop(ranking) - drop(random)`` at ``k``."""
     by = {(r["id"], r["ranking"]): r["drop"] for r in rows if r["mode"] == mode and r["k"] == k}
     d = [by[(i, ranking)] - by[(i, "random")] for (i, rk) in by if rk == ranking and (i, "random") in by]
-    mu, se, _ = E.mean_se(d)
+    mu, se, _ = S.mean_se(d)
     return mu, se
 
 
 def plot(summary, path):
-    import matplotlib
+    with S.figure(path, 1, 2, figsize=(10, 4), sharey=True) as (fig, axes):
+        _curves(axes, summary)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+def _curves(axes, summary) -> None:
     for ax, mode in zip(axes, ("zero", "mean")):
         for rk in RANKINGS:
             ds = sorted([d for d in summary if d["mode"] == mode and d["ranking"] == rk], key=lambda d: d["k"])
@@ -247,9 +229,6 @@ def plot(summary, path):
         ax.set_xlabel("k heads")
     axes[0].set_ylabel("drop in answer log-prob")
     axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

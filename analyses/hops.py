@@ -15,22 +15,21 @@ Per hop ``k``: ``thinking_ratio = |mu_k|`` (mass still on reasoning tokens after
 
 from __future__ import annotations
 
-import argparse
-import shlex
-import sys
 import time
-from pathlib import Path
 
 import torch
 
 import ftlens
-from ftlens import evaluate as E
-from ftlens import tasks as T
+from ftlens.eval import scaffold as S
+from ftlens.eval.cases import build_case
+from ftlens.eval.loading import load_model_for
+from ftlens.eval.metrics import recovery
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="model name (default: ftlens default); 'tiny' = tiny random Llama")
+    p = S.parser(__doc__)
+    S.add_flags(p, "model", "n", "seed", "out", "quick", "no-progress", "threads",
+                n={"help": "examples per setting"}, quick={"help": "CI smoke run: 1 example, short prompts"})
     p.add_argument("--hops", type=int, default=4)
     p.add_argument("--chains", nargs="+", type=int, default=[2, 3, 4, 6, 8], help="vartrack chain lengths")
     p.add_argument("--chain-length", type=int, default=256, help="prompt tokens of the vartrack prompts")
@@ -38,12 +37,7 @@ def parse(argv=None):
     p.add_argument("--needle-tasks", nargs="*", default=["needle_single", "needle_multikey"])
     p.add_argument("--chain-tasks", nargs="*", default=["twohop", "arith"],
                    help="other reasoning tasks, at --chain-length prompt tokens")
-    p.add_argument("--n", type=int, default=20, help="examples per setting")
     p.add_argument("--pct", type=float, default=10.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="analyses/results")
-    p.add_argument("--quick", action="store_true", help="CI smoke run: 1 example, short prompts")
-    p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     if a.quick:
         a.n, a.chains, a.chain_length, a.needle_length, a.hops = 1, [2, 4], 64, 64, 2
@@ -52,30 +46,21 @@ def parse(argv=None):
 
 def main(argv=None) -> int:
     args = parse(argv)
-    cmd = "python analyses/hops.py " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model = T.load_model_for(args.model)
+    run = S.Run.start("hops.py", args, argv)
+    model = load_model_for(args.model)
     tok = model.tokenizer
     jobs = []
     for c in args.chains:
-        exs = T.make_examples("vartrack", tok, args.n, args.chain_length, seed=args.seed, chain_len=c)
-        T.write_jsonl(exs, out / "datasets" / f"hops-vartrack-chain{c}-{args.chain_length}{T.seed_tag(args.seed)}.jsonl")
+        exs = run.dataset("vartrack", tok, args.n, args.chain_length, chain_len=c,
+                          name=f"hops-vartrack-chain{c}-{args.chain_length}")
         jobs += [(f"vartrack chain={c}", c, ex) for ex in exs]
-    for task in args.chain_tasks:
-        exs = T.make_examples(task, tok, args.n, args.chain_length, seed=args.seed)
-        T.write_jsonl(exs, out / "datasets" / f"{task}-{args.chain_length}{T.seed_tag(args.seed)}.jsonl")
-        jobs += [(f"{task}@{args.chain_length}", 0, ex) for ex in exs]
-    for task in args.needle_tasks:
-        exs = T.make_examples(task, tok, args.n, args.needle_length, seed=args.seed)
-        T.write_jsonl(exs, out / "datasets" / f"{task}-{args.needle_length}{T.seed_tag(args.seed)}.jsonl")
-        jobs += [(f"{task}@{args.needle_length}", 0, ex) for ex in exs]
-    from tqdm.auto import tqdm
-
+    for task, length in [(t, args.chain_length) for t in args.chain_tasks] + \
+            [(t, args.needle_length) for t in args.needle_tasks]:
+        jobs += [(f"{task}@{length}", 0, ex) for ex in run.dataset(task, tok, args.n, length)]
     rows = []
     t_start = time.perf_counter()
-    for label, chain, ex in tqdm(jobs, desc="hops", disable=args.no_progress):
-        seq, case, _ = T.build_case(model, ex)
+    for label, chain, ex in run.progress(jobs, "hops"):
+        seq, case, _ = build_case(model, ex)
         t0 = time.perf_counter()
         tr = ftlens.trace(model, ex["prompt"], ex["target"], hops=args.hops)
         secs = time.perf_counter() - t0
@@ -91,41 +76,33 @@ def main(argv=None) -> int:
                 "reasoning_tokens": (tr.reasoning[1] - tr.reasoning[0]) if tr.reasoning else 0,
                 "thinking_ratio": h.thinking_ratio, "input_mass": float(cum.sum()),
                 "output_mass": tr.output_mass,
-                "recovery": E.recovery(cum[case.prompt_pos], case.evidence, args.pct),
+                "recovery": recovery(cum[case.prompt_pos], case.evidence, args.pct),
                 "seconds": secs,
             })
-        E.write_csv(out / "hops.csv", rows)
+        S.write_csv(run.path("hops.csv"), rows)
     elapsed = time.perf_counter() - t_start
-    summary = []
-    groups: dict[tuple[str, int], list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["setting"], r["hop"]), []).append(r)
-    for (setting, hop), rs in groups.items():
-        d = {"setting": setting, "hop": hop, "n": len(rs),
-             "reasoning_tokens": sum(r["reasoning_tokens"] for r in rs) / len(rs)}
-        for m in ("thinking_ratio", "input_mass", "output_mass", "recovery") + REGION_COLS:
-            mu, se, _ = E.mean_se([r[m] for r in rs])
-            d[m], d[m + "_se"] = mu, se
-        summary.append(d)
-    E.write_csv(out / "hops_summary.csv", summary)
-    md = ["# Recursion dynamics (hops)", "", f"Command: `{cmd}`", "",
-          f"Model: {args.model or 'default (SmolLM2-135M-Instruct)'}; {len(jobs)} examples; wall time {elapsed:.0f} s. "
+    summary = S.summarise(rows, ("setting", "hop"), ("thinking_ratio", "input_mass", "output_mass", "recovery")
+                          + REGION_COLS, extra=lambda rs: {
+                              "n": len(rs), "reasoning_tokens": sum(r["reasoning_tokens"] for r in rs) / len(rs)})
+    S.write_csv(run.path("hops_summary.csv"), summary)
+    md = run.header("Recursion dynamics (hops)") + [
+          f"Model: {run.model_label}; {len(jobs)} examples; wall time {elapsed:.0f} s. "
           "`thinking ratio` = |mu_k|, the mass left on reasoning tokens after hop k (= the unresolved mass of a "
           "hops=k trace); `input mass` = sum of F_k; Recovery@10% of F_k over the evidence tokens. "
           "Mean ± standard error.", ""]
     header = ["setting", "reasoning tokens", "hop", "thinking ratio (unresolved)", "input mass", "Recovery@10%", "n"]
-    md.append(E.markdown_table(header, [
+    md.append(S.markdown_table(header, [
         [d["setting"], f"{d['reasoning_tokens']:.0f}", d["hop"], f"{d['thinking_ratio']:.3f} ± {d['thinking_ratio_se']:.3f}",
          f"{d['input_mass']:.3f} ± {d['input_mass_se']:.3f}", f"{d['recovery']:.3f} ± {d['recovery_se']:.3f}", d["n"]]
         for d in summary]))
     md += ["", "## Where each hop's input mass lands", "",
            "Fractions of hop k's own contribution (`c_k p_k` on input tokens): chat template, the question "
            "(the prompt's last line), the evidence tokens, the rest of the prompt. Mean over examples.", ""]
-    md.append(E.markdown_table(["setting", "hop", "template", "question", "evidence", "other prompt"], [
+    md.append(S.markdown_table(["setting", "hop", "template", "question", "evidence", "other prompt"], [
         [d["setting"], d["hop"]] + [f"{d[c]:.3f}" for c in REGION_COLS] for d in summary]))
-    (out / "hops.md").write_text("\n".join(md) + "\n", encoding="utf-8")
-    plot(summary, out / "hops.png")
-    print(f"wrote {out}/hops.md ({len(rows)} rows, {elapsed:.0f} s)")
+    S.write_text(run.path("hops.md"), "\n".join(md) + "\n")
+    plot(summary, run.path("hops.png"))
+    run.done("hops.md", rows, elapsed)
     return 0
 
 
@@ -148,12 +125,11 @@ def regions(tr, case) -> dict[str, torch.Tensor]:
 
 
 def plot(summary, path):
-    import matplotlib
+    with S.figure(path, 1, 3, figsize=(13, 4)) as (fig, axes):
+        _curves(axes, summary)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+def _curves(axes, summary) -> None:
     settings = list(dict.fromkeys(d["setting"] for d in summary))
     for s in settings:
         ds = sorted([d for d in summary if d["setting"] == s], key=lambda d: d["hop"])
@@ -164,9 +140,6 @@ def plot(summary, path):
         ax.set_title(t)
         ax.set_xlabel("hop k")
     axes[2].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import FtlensError, SpanError, TraceError
+from .errors import FtlensError, SpanError
 from .options import check_options
 from .spans import parse_span
 
@@ -237,6 +237,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     import ftlens
 
     from .batch import Record, index_name, record_request, run_batch, run_settings
+    from .result import Trace
 
     check_options(args.method, args.hops, args.threshold)
     check_writable_dir(args.out, "--out")

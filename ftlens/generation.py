@@ -34,7 +34,7 @@ def generate_ids(
     *,
     max_new_tokens: int = 128,
     chat_template: bool | None = None,
-    messages: list[dict[str, str]] | None = None,
+    messages: Any = None,  # list of {"role", "content"} dicts; checked at run time (SpanError)
     system: str | None = None,
 ) -> Generation:
     """Greedy generation after the formatted prompt: the generated ids, verbatim.
@@ -83,7 +83,7 @@ def generate(
     *,
     max_new_tokens: int = 128,
     chat_template: bool | None = None,
-    messages: list[dict[str, str]] | None = None,
+    messages: Any = None,  # list of {"role", "content"} dicts; checked at run time (SpanError)
     system: str | None = None,
 ) -> str:
     """Greedy generation of the model's answer text (special tokens dropped); the ids

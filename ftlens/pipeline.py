@@ -37,7 +37,7 @@ def trace(
     target: str | None = None,
     *,
     target_ids: list[int] | None = None,
-    messages: list[dict[str, str]] | None = None,
+    messages: Any = None,  # list of {"role", "content"} dicts; checked at run time (SpanError)
     system: str | None = None,
     output: SpanSpec = "auto",
     reasoning: SpanSpec = "auto",

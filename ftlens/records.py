@@ -84,6 +84,6 @@ class HeadScore:
     score: float
 
 
-def unravel_head(flat: int, n_heads: int) -> tuple[int, int]:
+def unravel_head(flat: int | Tensor, n_heads: int) -> tuple[int, int]:
     """A flat ``layer * n_heads + head`` index -> ``(layer, head)``."""
     return int(flat) // n_heads, int(flat) % n_heads

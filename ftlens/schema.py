@@ -68,13 +68,14 @@ def encode(self: Any) -> dict[str, Any]:
                 "bias": _tolist(h.bias),
                 "mlp": _tolist(h.mlp),
                 "completeness_gap": _tolist(h.gap) if h.gap is not None else None,
+                "pending": _tolist(h.pending) if h.pending is not None else None,
             }
             for h in self.hops
         ],
     }
 
 
-def decode(d: dict[str, Any], cls: type) -> Any:
+def decode(d: Any, cls: type) -> Any:
     """Rebuild a Trace; raises :class:`SchemaError` on an unknown schema or bad content."""
     if not isinstance(d, dict) or "schema_version" not in d:
         raise SchemaError("not an ftlens trace (no schema_version field); pass a JSON file written by ftlens")
@@ -89,20 +90,7 @@ def decode(d: dict[str, Any], cls: type) -> Any:
             "upgrade ftlens (pip install -U ftlens)"
         )
     try:
-        hops = [
-            HopRecord(
-                weight=_float(h["weight"]),
-                norm=_float(h["norm"]),
-                thinking_ratio=_float(h["thinking_ratio"]),
-                scores=_tensor(h["scores"], 1),
-                heads=_tensor(h["heads"], 3),
-                residual=_tensor(h["residual"], 1),
-                bias=_tensor(h["bias"], 1),
-                mlp=_tensor(h["mlp"], 1),
-                gap=_tensor(h["completeness_gap"], 1) if h.get("completeness_gap") is not None else None,
-            )
-            for h in _list(d["hops"])
-        ]
+        hops = [HopRecord(**fields) for fields in _hop_fields(_list(d["hops"]), len(_list(d["tokens"])))]
         trace = cls(
             model=_str(d["model"]),
             method=_str(d["method"]),
@@ -145,6 +133,7 @@ def save(self: Any, path: str | os.PathLike) -> Path:
         data = gzip.compress(data, compresslevel=6, mtime=0)
     return atomic_write_bytes(path, data)
 
+
 def load(path: str | os.PathLike, cls: type) -> Any:
     """Read a trace written by :meth:`save`; :class:`SchemaError` if it is not one."""
     p = Path(path)
@@ -157,6 +146,7 @@ def load(path: str | os.PathLike, cls: type) -> Any:
     except OSError as exc:
         raise SchemaError(f"cannot read trace file {p}: {exc.strerror}") from None
     return loads(raw, cls, source=str(p))
+
 
 def loads(raw: bytes | str, cls: type, source: str = "trace") -> Any:
     """Parse a saved trace from bytes/text (gzip detected by its magic bytes)."""
@@ -182,6 +172,33 @@ def loads(raw: bytes | str, cls: type, source: str = "trace") -> Any:
     except (ValueError, RecursionError) as exc:
         raise SchemaError(f"{source} is not valid JSON ({type(exc).__name__}); re-create it with ftlens") from None
     return decode(data, cls)
+
+
+def _hop_fields(hops: list, n: int) -> list[dict[str, Any]]:
+    """Each hop's fields as tensors, their shapes checked before a record is built."""
+    out = []
+    for h in hops:
+        f = {
+            "weight": _float(h["weight"]),
+            "norm": _float(h["norm"]),
+            "thinking_ratio": _float(h["thinking_ratio"]),
+            "scores": _tensor(h["scores"], 1),
+            "heads": _tensor(h["heads"], 3),
+            "residual": _tensor(h["residual"], 1),
+            "bias": _tensor(h["bias"], 1),
+            "mlp": _tensor(h["mlp"], 1),
+            "gap": _tensor(h["completeness_gap"], 1) if h.get("completeness_gap") is not None else None,
+            "pending": _tensor(h["pending"], 1) if h.get("pending") is not None else None,
+        }
+        n_layers = f["heads"].shape[0]
+        per_layer = [f[k] for k in ("residual", "bias", "mlp", "gap") if f[k] is not None]
+        per_pos = [f[k] for k in ("scores", "pending") if f[k] is not None]
+        if f["heads"].shape[-1] != n or any(t.numel() != n for t in per_pos):
+            raise SchemaError("corrupt ftlens trace: hop tensors do not match the number of tokens; re-create the file with ftlens")
+        if any(t.numel() != n_layers for t in per_layer):
+            raise SchemaError("corrupt ftlens trace: hop per-layer tensors have the wrong length; re-create the file with ftlens")
+        out.append(f)
+    return out
 
 
 def _tolist(t: Tensor) -> Any:
@@ -241,7 +258,7 @@ def _pair(x: Any) -> tuple[int, int]:
     return _int(a), _int(b)
 
 
-def _check_consistent(tr: "Trace") -> None:
+def _check_consistent(tr: Any) -> None:
     """Shapes and ranges agree, so every Trace method works on a loaded trace."""
     n = len(tr.tokens)
 
@@ -274,7 +291,7 @@ def _check_consistent(tr: "Trace") -> None:
 _MASS_TOL = 1e-3
 
 
-def _check_meaning(tr: "Trace", bad) -> None:
+def _check_meaning(tr: Any, bad: Any) -> None:
     """What a hand-edited file can break while shapes stay right (method §10 bookkeeping)."""
     if tr.method not in METHODS:
         raise bad(f"unknown method {tr.method!r} (expected one of {', '.join(METHODS)})")

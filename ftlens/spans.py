@@ -474,7 +474,7 @@ def build_sequence(
     reasoning: SpanSpec = "auto",
     chat_template: bool | None = None,
     target_ids: list[int] | None = None,
-    messages: list[dict[str, str]] | None = None,
+    messages: Any = None,  # list of {"role", "content"} dicts; checked at run time (SpanError)
     system: str | None = None,
 ) -> Sequence:
     """Tokenise prompt + target in context, select the spans and assign roles.

@@ -25,9 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "analyses"))
 import faithfulness as FA  # noqa: E402
 
 import ftlens  # noqa: E402
-from ftlens import baselines as B  # noqa: E402
-from ftlens import evaluate as E  # noqa: E402
-from ftlens import tasks as T  # noqa: E402
+from ftlens.eval import reference as R  # noqa: E402
+from ftlens.eval import tasks as T  # noqa: E402
+from ftlens.eval.cases import build_case  # noqa: E402
+from ftlens.eval.scaffold import mean_se  # noqa: E402
+from ftlens.eval.scoring import Scorer, default_fill  # noqa: E402
 from ftlens.aggregate import span_shares  # noqa: E402
 from ftlens.capture import capture, model_info  # noqa: E402
 
@@ -35,13 +37,13 @@ from ftlens.capture import capture, model_info  # noqa: E402
 def main(n: int) -> None:
     model = ftlens.load_model(None)
     tok, info = model.tokenizer, model_info(model)
-    fill = E.default_fill(tok)
+    fill = default_fill(tok)
     res: dict[str, list[float]] = {}
     for ex in T.make_examples("arith", tok, n, 128, seed=100):
-        seq, case, fmt = T.build_case(model, ex)
-        sc = E.Scorer(model, case, fill=fill, k=20, insertion=False)
+        seq, case, fmt = build_case(model, ex)
+        sc = Scorer(model, case, fill=fill, k=20, insertion=False)
         punct = FA.punct_mask(tok, seq.ids)
-        scores = {f"reference-h{h}": B.reference_flashtrace(model, seq, fmt, hops=h) for h in (0, 1, 2)}
+        scores = {f"reference-h{h}": R.reference_flashtrace(model, seq, fmt, hops=h) for h in (0, 1, 2)}
         p = seq.prompt_len
         states = capture(model, seq.ids, p, info)
         row_pos = torch.arange(p, seq.n)
@@ -55,7 +57,7 @@ def main(n: int) -> None:
             s = s.float().masked_fill(punct, 0.0)
             res.setdefault(name, []).append(sc.evaluate(s[case.prompt_pos])["rise_target"])
     for name, v in res.items():
-        print(f"{name:28s} {E.mean_se(v)[0]:.4f} ± {E.mean_se(v)[1]:.4f}")
+        print(f"{name:28s} {mean_se(v)[0]:.4f} ± {mean_se(v)[1]:.4f}")
 
 
 if __name__ == "__main__":

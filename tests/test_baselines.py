@@ -6,15 +6,17 @@ import pytest
 import torch
 
 import ftlens
-from ftlens import baselines as B
-from ftlens import evaluate as E
-from ftlens import tasks as T
+from ftlens.eval import baselines as B
+from ftlens.eval import reference as R
+from ftlens.eval import tasks as T
+from ftlens.eval.cases import build_case
+from ftlens.eval.scoring import target_logprobs
 
 
 @pytest.fixture(scope="module")
 def case(tiny_llama):
     ex = T.make_examples("twohop", tiny_llama.tokenizer, 1, 48)[0]
-    seq, case, fmt = T.build_case(tiny_llama, ex)
+    seq, case, fmt = build_case(tiny_llama, ex)
     return ex, seq, case, fmt
 
 
@@ -35,7 +37,7 @@ def test_last_layer_attention_matches_hf_attentions(tiny_llama, case):
     _, seq, _, _ = case
     s = B.last_layer_attention(tiny_llama, seq)
     with torch.no_grad():
-        att = B.plain_hf(tiny_llama)(input_ids=seq.ids[None], output_attentions=True).attentions[-1][0]
+        att = R.plain_hf(tiny_llama)(input_ids=seq.ids[None], output_attentions=True).attentions[-1][0]
     a, b = seq.output
     assert torch.allclose(s, att[:, a:b].mean((0, 1)), atol=1e-5)
 
@@ -73,7 +75,7 @@ def test_occlusion_is_the_logprob_drop_of_one_replacement(tiny_llama, case):
     j = seq.user_prompt[0] + 3
     x = seq.ids.clone()
     x[j] = 79
-    lp = E.target_logprobs(tiny_llama, torch.stack([seq.ids, x]), seq.prompt_len)
+    lp = target_logprobs(tiny_llama, torch.stack([seq.ids, x]), seq.prompt_len)
     o = slice(seq.output[0] - seq.prompt_len, seq.output[1] - seq.prompt_len)
     assert float(s[j]) == pytest.approx(float(lp[0, o].sum() - lp[1, o].sum()), abs=1e-4)
     with pytest.raises(ftlens.TraceError):
@@ -94,7 +96,7 @@ def test_ftlens_family_equals_direct_traces(tiny_llama, case):
 def test_reference_runs_aligned_on_the_same_positions(tiny_llama, case):
     pytest.importorskip("flashtrace")
     _, seq, c, fmt = case
-    s = B.reference_flashtrace(tiny_llama, seq, fmt, hops=1)
+    s = R.reference_flashtrace(tiny_llama, seq, fmt, hops=1)
     assert s.shape == (seq.n,) and torch.isfinite(s).all()
     assert float(s[c.prompt_pos].sum()) > 0 and float(s[seq.prompt_len:].abs().sum()) == 0.0
 

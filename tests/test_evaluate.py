@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
-from ftlens import evaluate as ev
+from ftlens.eval import metrics as ev
+from ftlens.eval.cases import Case
+from ftlens.eval.scoring import Scorer, target_logprobs
 
 
 def test_step_sizes_are_equal_groups_from_nothing_to_everything():
@@ -75,8 +77,8 @@ def test_recovery_counts_evidence_in_top_ten_percent():
 def test_scorer_curves_on_tiny_model_are_consistent(tiny_llama):
     torch.manual_seed(0)
     ids = torch.randint(10, 500, (30,))
-    case = ev.Case(ids=ids, prompt_pos=list(range(2, 22)), target_start=24, output=(27, 30), evidence=[3, 4])
-    sc = ev.Scorer(tiny_llama, case, fill=7, k=4)
+    case = Case(ids=ids, prompt_pos=list(range(2, 22)), target_start=24, output=(27, 30), evidence=[3, 4])
+    sc = Scorer(tiny_llama, case, fill=7, k=4)
     scores = torch.randn(20)
     c = sc.curves(scores)
     d, ins = c["deletion"], c["insertion"]
@@ -86,7 +88,7 @@ def test_scorer_curves_on_tiny_model_are_consistent(tiny_llama):
     # the target variant includes the answer tokens and more
     x = ids.clone()
     x[torch.tensor(case.prompt_pos)[ev.ranking(scores)[:10]]] = 7
-    lp = ev.target_logprobs(tiny_llama, x[None], 24)
+    lp = target_logprobs(tiny_llama, x[None], 24)
     assert float(lp[0, 3:].sum()) == pytest.approx(float(d[2, 0]), abs=1e-4)
     assert float(lp[0].sum()) == pytest.approx(float(d[2, 1]), abs=1e-4)
     m = sc.evaluate(scores)
@@ -97,7 +99,7 @@ def test_scorer_curves_on_tiny_model_are_consistent(tiny_llama):
 def test_target_logprobs_match_full_logits(tiny_llama):
     torch.manual_seed(1)
     ids = torch.randint(10, 500, (2, 12))
-    lp = ev.target_logprobs(tiny_llama, ids, 5)
+    lp = target_logprobs(tiny_llama, ids, 5)
     with torch.no_grad():
         logits = tiny_llama.original_model(input_ids=ids).logits.float()
     ref = torch.log_softmax(logits[:, 4:-1], -1).gather(-1, ids[:, 5:, None]).squeeze(-1)

@@ -66,7 +66,7 @@ def test_broken_decomposition_gap_is_large_when_tolerated(monkeypatch):
 def test_guard_fires_when_a_user_hook_changes_the_attention_output():
     """An ablation hook on hook_z changes what layer 1 adds; ftlens refuses to decompose it."""
     model = _model("llama")
-    handle = model.blocks[1].attn.hook_z.add_hook(lambda z, hook: torch.zeros_like(z))
+    model.blocks[1].attn.hook_z.add_hook(lambda z, hook: torch.zeros_like(z))
     try:
         with pytest.raises(TraceError, match=r"at layer 1 .*Remove hooks you registered"):
             ftlens.trace(model, PROMPT, TARGET, chat_template=False)

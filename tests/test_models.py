@@ -80,7 +80,7 @@ def test_second_load_reads_the_cache_not_the_gguf(smol, no_network, monkeypatch)
     def no_conversion(*args, **kwargs):
         raise AssertionError("load_model() converted the GGUF again instead of using the cache")
 
-    monkeypatch.setattr(models, "_convert_gguf", no_conversion)
+    monkeypatch.setattr(models.bundled, "_convert_gguf", no_conversion)  # where it is called
     again = models.load_model(device="cpu")
     cached = models.cache_dir() / "models" / models._MODEL_SLUG
     assert again.original_model.name_or_path == str(cached)

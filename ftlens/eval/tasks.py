@@ -5,7 +5,7 @@ Every example is a dict ``{id, task, prompt, target, answer, evidence, n_prompt_
 needs (known by construction).  Targets are *teacher-forced reference chains*: a
 ``<think>...</think>`` reasoning chain that walks through the evidence, then one answer line.
 (The default 135M model is rarely correct on these tasks, so its greedy generations are not
-used as targets; :func:`greedy_agreement` measures how often it would have been.)
+used as targets; :func:`ftlens.eval.cases.greedy_agreement` measures how often it would have been.)
 
 Tasks (RULER-like where named so):
 
@@ -17,7 +17,8 @@ Tasks (RULER-like where named so):
 - ``arith``: a small word problem with distractor sentences and a worked chain of thought.
 
 Needles take a prompt length in tokens (512 / 1024 / 2048 / 4096 in the benchmark); the other
-tasks use the filler to reach ``length`` too.
+tasks use the filler to reach ``length`` too.  Only a tokenizer is needed here; the model side
+of an example (its token sequence and evidence positions) is :mod:`ftlens.eval.cases`.
 """
 
 from __future__ import annotations
@@ -236,62 +237,3 @@ def write_jsonl(examples: list[dict[str, Any]], path: str | Path) -> Path:
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def greedy_agreement(model: Any, examples: list[dict[str, Any]], max_new_tokens: int = 48) -> float:
-    """Fraction of examples whose greedy generation contains the reference answer."""
-    from .generation import generate
-
-    hits = 0
-    for ex in examples:
-        hits += ex["answer"] in generate(model, ex["prompt"], max_new_tokens=max_new_tokens)
-    return hits / max(1, len(examples))
-
-
-def build_case(model: Any, ex: dict[str, Any], chat_template: bool | None = None):
-    """``(Sequence, Case, formatted_prompt)`` for one example: ids, user-prompt positions and
-    evidence tokens (prompt tokens whose characters overlap an evidence range); ``meta["question"]``
-    indexes the prompt tokens on the prompt's last line."""
-    from .evaluate import Case
-    from .spans import build_sequence, format_prompt
-
-    tok = model.tokenizer
-    seq = build_sequence(tok, ex["prompt"], ex["target"], chat_template=chat_template)
-    formatted, special = format_prompt(tok, ex["prompt"], chat_template)
-    c0 = formatted.rfind(ex["prompt"])
-    offsets = tok(formatted, add_special_tokens=special, return_offsets_mapping=True)["offset_mapping"]
-    prompt_pos = [i for i, r in enumerate(seq.roles) if r == "prompt"]
-    q0 = ex["prompt"].rfind("\n")  # the question is the prompt's last line (none without a newline)
-    evidence, question = [], []
-    for j, pos in enumerate(prompt_pos):
-        s, e = offsets[pos][0] - c0, offsets[pos][1] - c0
-        if any(s < b and e > a for a, b in ex["evidence"]):
-            evidence.append(j)
-        if q0 >= 0 and s > q0:
-            question.append(j)
-    case = Case(ids=seq.ids, prompt_pos=prompt_pos, target_start=seq.prompt_len, output=seq.output,
-                evidence=evidence, meta={"id": ex.get("id"), "task": ex.get("task"), "question": question})
-    return seq, case, formatted
-
-
-def load_model_for(name: str | None) -> Any:
-    """The model an analysis runs on: ``None`` = the default model, ``"tiny"`` = a tiny random
-    Llama (2 layers, d_model 64, 4 heads, 2 KV heads) for smoke runs, else ``load_model(name)``."""
-    if name == "tiny":
-        from .models import tiny_model
-
-        return tiny_model("llama", n_layers=2, d_model=64, n_heads=4, n_kv_heads=2)
-    from .models import load_model
-
-    return load_model(name)
-
-
-def default_tokenizer_for(name: str | None) -> Any:
-    """The tokenizer of a model name without loading the model (``tiny`` = the default's)."""
-    from .models import default_tokenizer
-
-    if name in (None, "tiny"):
-        return default_tokenizer()
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(name)

@@ -17,15 +17,13 @@ Every method explains the *answer* (output span ``O``) given the whole teacher-f
 - ``occlusion``: ``f(x) - f(x with token s replaced by fill)`` for every user-prompt token,
   batched; refuses prompts longer than ``max_prompt`` tokens.
 - ``ifr-tokenwise``, ``ifr-span``, ``flashtrace`` (``hops``): ftlens' own traces.
-- ``reference``: the PyPI ``flashtrace`` package (when installed), called with its chat
-  template OFF on the already-formatted prompt text, so its positions equal ours.
+- ``reference``: the PyPI ``flashtrace`` package, in :mod:`ftlens.eval.reference`.
 
-Hooks are registered with :func:`ftlens.capture.temporary_hooks` (removed on exit, also on error).
+Hooks are registered with :func:`ftlens.bridge.temporary_hooks` (removed on exit, also on error).
 """
 
 from __future__ import annotations
 
-import copy
 import time
 from typing import Any, Callable
 
@@ -33,19 +31,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .bridge import temporary_hooks
-from .errors import TraceError
-from .spans import Sequence
+from ..bridge import act_name, device_of, hf_model, temporary_hooks
+from ..errors import TraceError
+from ..pipeline import trace
+from ..spans import Sequence
+from .scoring import target_logprobs
 
 BASELINES = ("random", "attention", "rollout", "grad_input", "integrated_gradients", "occlusion")
-
-
-def _hf(model: Any) -> Any:
-    return getattr(model, "original_model", model)
-
-
-def _device(model: Any) -> torch.device:
-    return next(_hf(model).parameters()).device
 
 
 def random_scores(seq: Sequence, seed: int = 0) -> Float[Tensor, " pos"]:
@@ -62,9 +54,9 @@ def _patterns(model: Any, seq: Sequence, layers: list[int], fn: Callable[[int, T
 
         return f
 
-    hooks = [(f"blocks.{layer}.attn.hook_pattern", hook(layer)) for layer in layers]
+    hooks = [(act_name(layer, "attn.hook_pattern"), hook(layer)) for layer in layers]
     with temporary_hooks(model, hooks), torch.no_grad():
-        _hf(model)(input_ids=seq.ids[None].to(_device(model)))
+        hf_model(model)(input_ids=seq.ids[None].to(device_of(model)))
 
 
 def last_layer_attention(model: Any, seq: Sequence) -> Float[Tensor, " pos"]:
@@ -105,8 +97,8 @@ def _answer_logprob(hf: Any, embeds: Tensor, ids: Tensor, output: tuple[int, int
 
 def grad_input(model: Any, seq: Sequence) -> Float[Tensor, " pos"]:
     """Gradient x input on the input embeddings, summed over ``d_model`` (signed)."""
-    hf = _hf(model)
-    ids = seq.ids.to(_device(model))
+    hf = hf_model(model)
+    ids = seq.ids.to(device_of(model))
     emb = hf.get_input_embeddings()(ids[None]).detach().float().requires_grad_(True)
     with torch.enable_grad():
         f = _answer_logprob(hf, emb, ids, seq.output).sum()
@@ -120,8 +112,8 @@ def integrated_gradients(
     """Integrated gradients over the user-prompt embeddings (see module doc)."""
     if baseline not in ("zero", "eos"):
         raise ValueError("baseline must be 'zero' or 'eos'")
-    hf = _hf(model)
-    ids = seq.ids.to(_device(model))
+    hf = hf_model(model)
+    ids = seq.ids.to(device_of(model))
     emb_layer = hf.get_input_embeddings()
     x = emb_layer(ids[None]).detach().float()
     mask = torch.zeros(seq.n, 1, device=x.device)
@@ -148,8 +140,6 @@ def occlusion(
     model: Any, seq: Sequence, *, fill: int, max_prompt: int = 1024, batch: int = 8
 ) -> Float[Tensor, " pos"]:
     """Leave-one-token-out: drop of the answer log-prob when one prompt token becomes ``fill``."""
-    from .evaluate import target_logprobs
-
     a0, a1 = seq.user_prompt
     if a1 - a0 > max_prompt:
         raise TraceError(f"occlusion: the prompt has {a1 - a0} tokens > max_prompt={max_prompt}")
@@ -172,69 +162,6 @@ def occlusion(
     return out
 
 
-def reference_flashtrace(
-    model: Any, seq: Sequence, formatted: str, *, hops: int = 1
-) -> Float[Tensor, " pos"]:
-    """The PyPI ``flashtrace`` reference, aligned to ``seq`` (chat template off on ``formatted``).
-
-    Raises :class:`TraceError` when the package is missing or its ids differ from ``seq``.
-    """
-    try:
-        from flashtrace import FlashTrace
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise TraceError("the reference package `flashtrace` is not installed") from exc
-    hf = plain_hf(model)
-    tok = model.tokenizer
-    p = seq.prompt_len
-    target = seq.target_text
-    ref_ids = tok(formatted, add_special_tokens=False)["input_ids"] + tok(target, add_special_tokens=False)["input_ids"]
-    if ref_ids != seq.ids.tolist():
-        raise TraceError("reference: its tokenisation differs from the ftlens sequence; not aligned")
-    o = (seq.output[0] - p, seq.output[1] - 1 - p)
-    r = (seq.reasoning[0] - p, seq.reasoning[1] - 1 - p) if seq.reasoning else None
-    before = getattr(hf.config, "_attn_implementation", None)
-    if before != "eager":
-        hf.set_attn_implementation("eager")
-    try:
-        tr = FlashTrace(hf, tok, use_chat_template=False).trace(
-            prompt=formatted, target=target, output_span=o, reasoning_span=r, hops=hops,
-            method="flashtrace",
-        )
-    finally:
-        if before not in (None, "eager"):
-            hf.set_attn_implementation(before)
-    s = torch.zeros(seq.n)
-    s[:p] = torch.as_tensor(tr.scores, dtype=torch.float32)[:p]
-    return s
-
-
-def plain_hf(model: Any) -> Any:
-    """An unwrapped HF copy of the bridge's model in eager attention (cached on the model).
-
-    TransformerBridge replaces the HF submodules in place and its attention wrappers return no
-    ``attentions``, which the reference reads; so the reference runs on a plain copy with the
-    same weights (state-dict keys with the bridge's ``_original_component`` stripped).
-    """
-    cached = getattr(model, "_ftlens_plain_hf", None)
-    if cached is not None:
-        return cached
-    hf = _hf(model)
-    cfg = copy.deepcopy(hf.config)
-    cfg._attn_implementation = "eager"
-    plain = type(hf)(cfg)
-    state = {k.replace("._original_component", "").replace("_original_component.", ""): v
-             for k, v in hf.state_dict().items()}
-    missing, unexpected = plain.load_state_dict(state, strict=False)
-    if [m for m in missing if "rotary" not in m]:
-        raise TraceError(f"reference: cannot rebuild a plain HF model (missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]})")
-    plain = plain.to(device=_device(model), dtype=next(hf.parameters()).dtype).eval()
-    if hasattr(plain, "set_attn_implementation"):
-        plain.set_attn_implementation("eager")
-    model._ftlens_plain_hf = plain
-    return plain
-
-
 def ftlens_scores(
     model: Any, prompt: str, target: str, seq: Sequence, *, hops_max: int = 3, tokenwise: bool = True,
     chat_template: bool | None = None, explain: str = "output",
@@ -248,8 +175,6 @@ def ftlens_scores(
     ``explain="target"`` (hop 0 over reasoning + answer) the names carry a ``-target`` suffix
     after the family: ``ifr-tokenwise-target``, ``ifr-span-target``, ``flashtrace-target-h{k}``.
     """
-    from .pipeline import trace
-
     out: dict[str, tuple[Tensor, float, Any]] = {}
     sfx = "" if explain == "output" else f"-{explain}"
     if tokenwise:

@@ -1,0 +1,52 @@
+"""Views of a trace, offline: CircuitsVis components, plain HTML/SVG, standalone pages.
+
+One room per job (names re-exported here, so ``from ftlens import render`` keeps working):
+
+- :mod:`.view` -- the machinery: :class:`View` / :class:`Part`, :func:`page`,
+  :func:`set_inline`, the offline CircuitsVis bundle, the packaged JavaScript/CSS and
+  how values reach it (JSON only);
+- :mod:`.trace_views` -- views of one :class:`ftlens.result.Trace` (token heatmap, hop and
+  head channels, layer x head grid, recursion flow, top table);
+- :mod:`.residual_views` -- matplotlib views of :mod:`ftlens.residual`'s analyses;
+- :mod:`.standalone` -- every trace view on one page: :func:`trace_page`, :func:`write_html`;
+- ``page.css``, ``circuitsvis_render.js``, ``circuitsvis_render_cdn.js``, ``head_grid.js`` --
+  the CSS and JavaScript, packaged files read with :mod:`importlib.resources`.
+
+Nothing here touches the network; the result object never imports this package.
+"""
+
+from __future__ import annotations
+
+from .residual_views import comparison_view, component_shares_view, dla_view, logit_lens_view
+from .standalone import trace_page, write_html
+from .trace_views import (
+    HEAD_UNIT,
+    ROLE_COLORS,
+    _display_tokens,
+    _runs,
+    head_channels,
+    head_grid,
+    hop_channels,
+    recursion_flow,
+    token_heatmap,
+    top_table,
+)
+from .view import CSS, Part, View, bundle_js, page, set_inline
+
+__all__ = [
+    "View",
+    "page",
+    "set_inline",
+    "token_heatmap",
+    "hop_channels",
+    "head_channels",
+    "head_grid",
+    "recursion_flow",
+    "top_table",
+    "trace_page",
+    "write_html",
+    "logit_lens_view",
+    "dla_view",
+    "component_shares_view",
+    "comparison_view",
+]

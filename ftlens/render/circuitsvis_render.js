@@ -1,0 +1,1 @@
+CircuitsVis.render(__ID__, CircuitsVis.__COMPONENT__, __PROPS__);

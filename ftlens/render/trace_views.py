@@ -1,0 +1,285 @@
+"""Views of one trace: token heatmap, per-hop and per-head channels, layer x head grid, recursion flow, top table.
+
+Each function takes a :class:`ftlens.result.Trace` and returns a :class:`~ftlens.render.view.View`;
+the head grid's click behaviour is the packaged ``head_grid.js``, fed its values as JSON.
+"""
+
+from __future__ import annotations
+
+import html
+import uuid
+from typing import Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ..result import Trace
+from .view import Part, View, heading, note, script, to_json
+
+__all__ = [
+    "ROLE_COLORS",
+    "HEAD_UNIT",
+    "token_heatmap",
+    "hop_channels",
+    "head_channels",
+    "head_grid",
+    "recursion_flow",
+    "top_table",
+]
+
+ROLE_COLORS = {"template": "#9e9e9e", "prompt": "#1f77b4", "reasoning": "#ff7f0e", "output": "#2ca02c",
+               "other": "#7f7f7f"}
+#: The one head ranking every view uses (``Trace.top_heads`` default, README "Ranking heads").
+HEAD_UNIT = "route-weighted mass"
+
+
+def _display_tokens(tokens: Sequence[str]) -> list[str]:
+    """Make whitespace visible: newline as '↵', keep other text."""
+    return [t.replace("\n", "↵") if t.strip() == "" or "\n" in t else t for t in tokens]
+
+
+def _runs(roles: Sequence[str]) -> list[tuple[str, int, int]]:
+    runs: list[tuple[str, int, int]] = []
+    for i, r in enumerate(roles):
+        if runs and runs[-1][0] == r:
+            runs[-1] = (r, runs[-1][1], i + 1)
+        else:
+            runs.append((r, i, i + 1))
+    return runs
+
+
+def _legend() -> Part:
+    spans = "".join(
+        f'<span style="background:{c}">{r}</span>' for r, c in ROLE_COLORS.items() if r != "other"
+    )
+    return Part(html=f'<div class="ft-legend">{spans}</div>')
+
+
+# ---------------------------------------------------------------------- trace views
+def token_heatmap(
+    trace: Trace,
+    values: Float[Tensor, " pos"] | None = None,
+    *,
+    title: str = "Token attribution",
+    show_template: bool = True,
+) -> View:
+    """Scores over the whole sequence, one CircuitsVis ``ColoredTokens`` per role run.
+
+    Runs of prompt / reasoning / output (and chat template) are styled by role (coloured
+    left border and label); all runs share one colour scale ``[0, max score]``.
+    """
+    vals = (trace.scores if values is None else values).float()
+    vmax = _scale_max(trace, vals)
+    toks = _display_tokens(trace.tokens)
+    parts = [heading(title), _legend()]
+    for role, a, b in _runs(trace.roles):
+        if role == "template" and not show_template:
+            continue
+        color = ROLE_COLORS.get(role, "#7f7f7f")
+        parts.append(
+            Part(
+                html=f'<div class="ft-run ft-run-{role}" style="border-color:{color}">'
+                f'<span class="ft-label" style="color:{color}">{role} {a}:{b}</span></div>',
+                component="ColoredTokens",
+                props={"tokens": toks[a:b], "values": vals[a:b], "minValue": -vmax, "maxValue": vmax},
+            )
+        )
+    return View(parts, title)
+
+
+def _scale_max(trace: Trace, vals: Tensor) -> float:
+    """Colour-scale bound: the largest |value| off the chat template (attention-sink tokens
+    such as ``<|im_start|>`` would otherwise wash out the prompt); larger values saturate."""
+    keep = [i for i, r in enumerate(trace.roles) if r != "template"]
+    sub = vals[keep] if keep else vals
+    return float(sub.abs().max()) if sub.numel() and float(sub.abs().max()) > 0 else 1.0
+
+
+def _first_text(trace: Trace) -> int:
+    """First position of the user's prompt (multi-channel views start there)."""
+    pos = trace.prompt_positions
+    return pos[0] if pos else 0
+
+
+def _multi(trace: Trace, channels: Float[Tensor, "pos channel"], labels: list[str], upto: int) -> Part:
+    a = _first_text(trace)
+    return Part(
+        component="ColoredTokensMulti",
+        props={"tokens": _display_tokens(trace.tokens[a:upto]), "values": channels[a:upto], "labels": labels},
+    )
+
+
+def hop_channels(trace: Trace) -> View:
+    """One channel per recursion hop (its contribution to the final scores), plus the total."""
+    cols = [h.scores.float() for h in trace.hops] + [trace.scores.float()]
+    labels = [f"hop {k}" for k in range(len(trace.hops))] + ["final"]
+    upto = trace.output[1]
+    return View(
+        [heading("Per-hop contributions"),
+         note("Hover a label to colour the tokens by that hop; hover a token to see every hop's value. "
+              "Shown from the first prompt token to the end of the output."),
+         _multi(trace, torch.stack(cols, 1), labels, upto)],
+        "Per-hop contributions",
+    )
+
+
+def head_channels(trace: Trace, k: int = 8, where: str = "prompt") -> View:
+    """One channel per top-``k`` (layer, head): its attribution to every position."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        from ..errors import TraceError
+
+        raise TraceError(f"k must be an integer >= 1 (the number of heads to show), got {k!r}")
+    heads = trace.top_heads(k, where=where)
+    att = trace.head_attribution_routed
+    cols = torch.stack([att[h.layer, h.head].float() for h in heads], 1)
+    labels = [f"L{h.layer}H{h.head}" for h in heads]
+    return View(
+        [heading(f"Top-{len(heads)} heads"),
+         note(f"One channel per (layer, head), ranked by {HEAD_UNIT} on {where} tokens "
+              "(<code>Trace.top_heads</code>); each channel shows that head's route-weighted attribution to "
+              "every token (<code>Trace.head_attribution_routed</code>), so its sum over the "
+              f"{where} tokens is the ranking score."),
+         _multi(trace, cols, labels, trace.inputs_end)],
+        "Top heads",
+    )
+
+
+def _color(v: float, vmax: float) -> str:
+    x = 0.0 if vmax <= 0 else max(0.0, min(1.0, v / vmax))
+    r, g, b = (int(255 - x * (255 - c)) for c in (8, 81, 156))
+    return f"rgb({r},{g},{b})"
+
+
+def _sig(x: float, digits: int) -> float:
+    """``x`` rounded to ``digits`` significant digits (route-weighted values can be ~1e-6)."""
+    return float(f"{x:.{digits}g}")
+
+
+def head_grid(trace: Trace, where: str = "prompt", *, digits: int = 4) -> View:
+    """Layer x head grid of route-weighted attribution mass on ``where`` tokens; click a cell for its heatmap.
+
+    Cell ``(l, h)`` is coloured by ``sum_{s in where} head_attribution_routed[l, h, s]``, the
+    score :meth:`Trace.top_heads` ranks by (README "Ranking heads"), and the grid opens on
+    ``top_heads(1, where)``.  The page carries every head's per-token routed attribution
+    (``digits`` significant digits); clicking renders a CircuitsVis ``ColoredTokens`` of it.
+    """
+    pos = trace.positions(where)
+    att = trace.head_attribution_routed.float()
+    mass = att[:, :, pos].sum(-1)
+    vmax = float(mass.max())
+    n_l, n_h = mass.shape
+    top = trace.top_heads(1, where=where)[0]
+    gid = "ftgrid-" + uuid.uuid4().hex[:10]
+    a, upto = _first_text(trace), trace.inputs_end
+    data = {
+        "tokens": _display_tokens(trace.tokens[a:upto]),
+        "values": [[[_sig(float(x), digits) for x in att[l, h, a:upto]] for h in range(n_h)] for l in range(n_l)],
+    }
+    rows = ["<tr><th></th>" + "".join(f"<th>H{h}</th>" for h in range(n_h)) + "</tr>"]
+    for l in range(n_l):
+        cells = "".join(
+            f'<td data-l="{l}" data-h="{h}" data-v="{float(mass[l, h])!r}" title="L{l}H{h}: {float(mass[l, h]):.4g}" '
+            f'style="background:{_color(float(mass[l, h]), vmax)}"></td>'
+            for h in range(n_h)
+        )
+        rows.append(f"<tr><th>L{l}</th>{cells}</tr>")
+    options = {"id": gid, "unit": HEAD_UNIT, "top": [top.layer, top.head]}
+    js = script("head_grid.js", data=to_json(data, allow_nan=True), options=to_json(options))
+    script_html = f"<script>{js}</script>"
+    table = (
+        f'<table class="ft-grid" id="{gid}">{"".join(rows)}</table>'
+        f'<div class="ft-note">Selected: <b id="{gid}-lab"></b></div><div id="{gid}-out"></div>'
+    )
+    return View(
+        [heading("Layer × head attribution"),
+         note(f"Colour: each (layer, head)'s {HEAD_UNIT} on {where} tokens (darker = more): its attribution "
+              "weighted by how much of the output its layer's attention still is, the score "
+              "<code>Trace.top_heads</code> and the top-heads table rank by. Click a cell to see that head's "
+              f"token heatmap; the grid opens on the top-ranked head, L{top.layer}H{top.head}."),
+         Part(html=table + script_html)],
+        "Layer x head grid",
+    )
+
+
+def _bar(segments: list[tuple[str, float, str]]) -> str:
+    total = sum(max(v, 0.0) for _, v, _ in segments) or 1.0
+    divs = "".join(
+        f'<div style="width:{100 * max(v, 0.0) / total:.2f}%;background:{c}" title="{html.escape(n)}: {v:.3f}">'
+        f"{html.escape(n)} {v:.2f}</div>"
+        for n, v, c in segments
+    )
+    return f'<div class="ft-bar">{divs}</div>'
+
+
+def recursion_flow(trace: Trace) -> View:
+    """Mass flow of the recursion: output -> (inputs | reasoning | output), then per hop.
+
+    Hop 0 splits the output span's attribution into inputs (final), reasoning (pending,
+    ``thinking_ratio[0]``) and the output itself; hop ``k`` re-attributes the pending
+    mass ``|mu_{k-1}|`` to inputs and reasoning again.  Thinking ratios are ``|mu_k|``.
+    """
+    parts = [heading("Recursion: prompt ← reasoning ← output")]
+    if trace.method != "flashtrace" or trace.reasoning is None:
+        parts.append(note(f"method {trace.method}: no recursion through a reasoning span"))
+        return View(parts, "Recursion")
+    rows, pending = [], 1.0
+    for k, hop in enumerate(trace.hops):
+        to_in = float(hop.scores.sum())
+        to_r = hop.thinking_ratio
+        other = max(pending - to_in - to_r, 0.0)
+        src = "output" if k == 0 else "reasoning"
+        segs = [("inputs", to_in, ROLE_COLORS["prompt"]), ("reasoning", to_r, ROLE_COLORS["reasoning"])]
+        segs.append(("output" if k == 0 else "other", other, ROLE_COLORS["output"] if k == 0 else "#aaa"))
+        rows.append(
+            f"<tr><td>hop {k}</td><td>{src} ({pending:.3f})</td><td>{to_in:.3f}</td><td>{to_r:.3f}</td>"
+            f'<td style="text-align:left">{_bar(segs)}</td></tr>'
+        )
+        pending = to_r
+    table = (
+        '<table class="ft-table"><tr><th>hop</th><th>from (mass)</th><th>→ inputs</th>'
+        "<th>→ reasoning (thinking ratio)</th><th>split</th></tr>" + "".join(rows) + "</table>"
+    )
+    final = (
+        f"final mass on inputs <b>{float(trace.scores.sum()):.3f}</b>, on the output itself "
+        f"<b>{trace.output_mass:.3f}</b>, unresolved on reasoning <b>{trace.unresolved:.3f}</b> "
+        f"(they sum to 1). Thinking ratios: {', '.join(f'{r:.3f}' for r in trace.thinking_ratios)}."
+    )
+    return View(parts + [Part(html=table), note(final)], "Recursion")
+
+
+def top_table(trace: Trace, k: int = 10, where: str = "prompt") -> View:
+    """Top-``k`` tokens and top-``k`` (layer, head) pairs as HTML tables."""
+    tok_rows = "".join(
+        f"<tr><td>{r}</td><td>{t.pos}</td><td style='text-align:left'><code>{html.escape(repr(t.token))}</code>"
+        f"</td><td>{t.score:.4f}</td></tr>"
+        for r, t in enumerate(trace.top(k, where=where), 1)
+    )
+    head_rows = "".join(
+        f"<tr><td>{r}</td><td>{h.layer}</td><td>{h.head}</td><td>{h.score:.4f}</td></tr>"
+        for r, h in enumerate(trace.top_heads(k, where=where), 1)
+    )
+    html_ = (
+        '<table class="ft-table ft-top-tokens"><tr><th>rank</th><th>pos</th><th>token</th><th>score</th></tr>'
+        f"{tok_rows}</table>"
+        '<table class="ft-table ft-top-heads"><tr><th>rank</th><th>layer</th><th>head</th>'
+        f"<th>{HEAD_UNIT}</th></tr>{head_rows}</table>"
+    )
+    return View([heading(f"Top {k} ({where} tokens)"), Part(html=html_), _mass_note(trace, where)], "Top-k")
+
+
+def _mass_note(trace: Trace, where: str = "prompt") -> Part:
+    """The inputs' final mass split by role, and (for a prompt-only table) the template tokens holding mass."""
+    text = (
+        f"Final mass on the inputs <b>{float(trace.scores[: trace.inputs_end].sum()):.3f}</b>: "
+        f"user prompt <b>{trace.prompt_mass:.3f}</b>, chat template <b>{trace.template_mass:.3f}</b>, "
+        f"other <b>{trace.other_mass:.3f}</b>."
+    )
+    template = [t for t in trace.top_template(3) if t.score > 0] if where == "prompt" else []
+    if template:
+        toks = ", ".join(f"<code>{html.escape(repr(t.token))}</code>@{t.pos} {t.score:.4f}" for t in template)
+        text += (
+            f" Chat-template tokens holding the most mass (not in the token table, which ranks the user's "
+            f'prompt): {toks}; <code>tr.top(k, where="input")</code> ranks every input token.'
+        )
+    return note(text)
