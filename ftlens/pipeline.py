@@ -7,13 +7,15 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from ._version import __version__
 from .aggregate import span_shares, tokenwise_shares
-from .capture import capture, model_info
+from .capture import LayerState, ModelInfo, capture, model_info
 from .errors import SpanError, TraceError
 from .generation import generate_ids
 from .options import PENDING_TOL, check_options, default_tolerance
@@ -21,12 +23,80 @@ from .progress import Progress
 from .recursion import explained_span, recurse
 from .records import HopRecord, Shares
 from .result import Trace
-from .spans import SpanSpec, build_sequence
+from .spans import Sequence, SpanSpec, build_sequence
 
-__all__ = ["trace"]
+__all__ = ["trace", "prepare", "Captured"]
 
 
-def _model_name(model: Any) -> str:
+@dataclass
+class Captured:
+    """One forward pass's state, ready for any number of span passes (no new forward pass).
+
+    ``seq``: the tokenised sequence with roles and spans; ``info``: the model's block family
+    and per-layer parameters; ``states``: per-layer :class:`~ftlens.capture.LayerState` of the
+    target rows; ``row_pos``: their positions; ``tol``: the completeness guard's tolerance.
+    """
+
+    seq: Sequence
+    info: ModelInfo
+    states: list[LayerState]
+    row_pos: Tensor
+    tol: float
+    timings: dict[str, float]
+    t_start: float
+    generated: bool
+    stopped_on_eos: bool | None
+
+
+def prepare(
+    model: Any,
+    prompt: str | None = None,
+    target: str | None = None,
+    *,
+    target_ids: list[int] | None = None,
+    messages: Any = None,
+    system: str | None = None,
+    output: SpanSpec = "auto",
+    reasoning: SpanSpec = "auto",
+    chat_template: bool | None = None,
+    max_new_tokens: int = 128,
+    progress: bool = False,
+    completeness_tol: float | int | None = None,
+) -> Captured:
+    """Tokenise (generating first when ``target`` and ``target_ids`` are ``None``) and run the
+    one capture pass; unsupported model structures are refused before any forward pass."""
+    info = model_info(model)
+    tol = float(completeness_tol) if completeness_tol is not None else default_tolerance(model)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    generated, stopped_on_eos = target is None and target_ids is None, None
+    if generated:
+        g = generate_ids(
+            model, prompt, max_new_tokens=max_new_tokens, chat_template=chat_template, messages=messages, system=system
+        )
+        if not g.text.strip():
+            raise TraceError("the model generated no text for this prompt; pass target= explicitly")
+        target_ids, stopped_on_eos = g.ids, g.stopped_on_eos
+        timings["generate"] = time.perf_counter() - t_start
+    seq = build_sequence(
+        model.tokenizer, prompt, target, output=output, reasoning=reasoning, chat_template=chat_template,
+        target_ids=target_ids, messages=messages, system=system,
+    )
+    if info.n_ctx is not None and seq.n > int(info.n_ctx):
+        raise SpanError(
+            f"the sequence has {seq.n} tokens but the model's context is {info.n_ctx}; "
+            "shorten the prompt or the target"
+        )
+    bar = Progress(enabled=progress, total=info.n_layers, desc="capture")
+    t0 = time.perf_counter()
+    states = capture(model, seq.ids, seq.prompt_len, info, progress=bar.step)
+    bar.close()
+    timings["capture"] = time.perf_counter() - t0
+    row_pos = torch.arange(seq.prompt_len, seq.n, device=states[0].a.device)
+    return Captured(seq, info, states, row_pos, tol, timings, t_start, generated, stopped_on_eos)
+
+
+def model_name(model: Any) -> str:
     cfg = getattr(model, "cfg", None)
     return str(getattr(cfg, "model_name", None) or getattr(model, "ftlens_name", None) or "unknown")
 
@@ -76,36 +146,14 @@ def trace(
     Unsupported model structures are refused before any forward pass.
     """
     hops = check_options(method, hops, threshold, explain, completeness_tol)
-    info = model_info(model)  # refuses unsupported structures before any forward pass
-    tol = float(completeness_tol) if completeness_tol is not None else default_tolerance(model)
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    generated, stopped_on_eos = target is None and target_ids is None, None
-    if generated:
-        g = generate_ids(
-            model, prompt, max_new_tokens=max_new_tokens, chat_template=chat_template, messages=messages, system=system
-        )
-        if not g.text.strip():
-            raise TraceError("the model generated no text for this prompt; pass target= explicitly")
-        target_ids, stopped_on_eos = g.ids, g.stopped_on_eos
-        timings["generate"] = time.perf_counter() - t_start
-    seq = build_sequence(
-        model.tokenizer, prompt, target, output=output, reasoning=reasoning, chat_template=chat_template,
-        target_ids=target_ids, messages=messages, system=system,
+    cap = prepare(
+        model, prompt, target, target_ids=target_ids, messages=messages, system=system, output=output,
+        reasoning=reasoning, chat_template=chat_template, max_new_tokens=max_new_tokens, progress=progress,
+        completeness_tol=completeness_tol,
     )
-    if info.n_ctx is not None and seq.n > int(info.n_ctx):
-        raise SpanError(
-            f"the sequence has {seq.n} tokens but the model's context is {info.n_ctx}; "
-            "shorten the prompt or the target"
-        )
-    row_start = seq.prompt_len
-    n_rows = seq.n - row_start
-    bar = Progress(enabled=progress, total=info.n_layers, desc="capture")
-    t0 = time.perf_counter()
-    states = capture(model, seq.ids, row_start, info, progress=bar.step)
-    bar.close()
-    timings["capture"] = time.perf_counter() - t0
-    row_pos = torch.arange(row_start, seq.n, device=states[0].a.device)
+    seq, info, states, row_pos, tol, timings = cap.seq, cap.info, cap.states, cap.row_pos, cap.tol, cap.timings
+    row_start, n_rows, t_start = seq.prompt_len, seq.n - seq.prompt_len, cap.t_start
+    generated, stopped_on_eos = cap.generated, cap.stopped_on_eos
 
     t0 = time.perf_counter()
     row_scores = None
@@ -141,7 +189,7 @@ def trace(
     timings["attribution"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
     return Trace(
-        model=_model_name(model),
+        model=model_name(model),
         method=method,
         params={"hops": hops, "hops_run": len(hop_records) - 1, "threshold": threshold,
                 "chat_template": chat_template, "rows": n_rows,

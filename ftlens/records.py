@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -36,6 +37,21 @@ class Shares:
     def head_share(self) -> Float[Tensor, " layer"]:
         """Per layer, the share of all heads and sources: ``sum_{h,s} e[l, h, s]``."""
         return self.heads.sum(dim=(1, 2))
+
+    @property
+    def route_weights(self) -> Float[Tensor, " layer"]:
+        """Route weight of each layer's attention output ``b[l]`` to the span's final residual.
+
+        ``w[l] = (1 - mlp[l]) * prod_{l' > l} residual[l'] * (1 - mlp[l'])``: the product of
+        proximity shares along the pure residual path from ``b[l]`` to the last block output
+        (``1 - mlp[l]`` is the share of ``b[l]`` in ``c[l] = b[l] + m[l]``; ``residual[l']`` the
+        share of ``a[l'] = c[l'-1]`` in ``b[l']``), all in ``[0, 1]`` (method §11.2).
+        """
+        keep = (1.0 - self.mlp.double()).clamp(0.0, 1.0)
+        step = self.residual.double() * keep  # share of c[l'-1] in c[l'] along the residual path
+        suffix = torch.cumprod(torch.flip(step, [0]), 0)  # suffix[j] = prod over the last j+1 layers
+        after = torch.cat([torch.flip(suffix, [0])[1:], torch.ones(1, dtype=step.dtype)])  # prod over l' > l
+        return (keep * after).float()
 
 
 @dataclass(kw_only=True)
@@ -74,6 +90,17 @@ class TokenScore:
     pos: int
     token: str
     role: str
+    score: float
+
+
+@dataclass(frozen=True)
+class SegmentScore:
+    """A segment ``[start, end)`` of one role's run, its text and its summed score."""
+
+    start: int
+    end: int
+    role: str
+    text: str
     score: float
 
 

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from . import schema
 from .errors import TraceError
-from .records import ComponentShares, HeadScore, HopRecord, TokenScore, unravel_head
+from .records import ComponentShares, HeadScore, HopRecord, SegmentScore, TokenScore, unravel_head
 
 
 
@@ -142,12 +142,7 @@ class Trace:
         share of ``a[l'] = c[l'-1]`` in ``b[l']``), i.e. the Information-Flow-Routes importance
         of that path, all in ``[0, 1]``.
         """
-        h = self.hops[hop]
-        keep = (1.0 - h.mlp.double()).clamp(0.0, 1.0)
-        step = h.residual.double() * keep  # share of c[l'-1] in c[l'] along the residual path
-        suffix = torch.cumprod(torch.flip(step, [0]), 0)  # suffix[j] = prod over the last j+1 layers
-        after = torch.cat([torch.flip(suffix, [0])[1:], torch.ones(1, dtype=step.dtype)])  # prod over l' > l
-        return (keep * after).float()
+        return self.hop(hop).route_weights
 
     def _heads(self, routed: bool) -> Float[Tensor, "layer head pos"]:
         def w(k: int) -> Tensor:
@@ -196,6 +191,49 @@ class Trace:
             merged[i] = float(self.scores[i])
         order = sorted(merged, key=lambda i: -merged[i])[: max(0, k)]
         return [TokenScore(i, self.tokens[i], self.roles[i], merged[i]) for i in order]
+
+    def relayed_mass(self) -> Float[Tensor, "hop pos"]:
+        """``mu_k[s]``: the answer's mass each reasoning position holds after hop ``k`` and hands
+        to hop ``k + 1`` (method §10); zero outside the pending region.  Row 0 is what the
+        explained span put on the reasoning; ``relayed_mass().sum(-1)`` is ``thinking_ratios``.
+        Needs a trace that stored it (ftlens >= the release that added it)."""
+        if any(h.pending is None for h in self.hops):
+            raise TraceError("this trace file has no per-hop pending mass; re-create it with this ftlens")
+        return torch.stack([h.pending.float() for h in self.hops])
+
+    def aggregate(
+        self, by: str = "sentence", where: str = "prompt", chars: list[tuple[int, int]] | None = None
+    ) -> list[SegmentScore]:
+        """Token scores summed over segments (mass is kept: the segment scores of ``where`` sum
+        to the scores of its positions).
+
+        ``by``: ``"token"``, ``"word"``, ``"sentence"`` or ``"line"`` (:mod:`ftlens.segments`);
+        ``chars``: character spans ``[(c0, c1), ...]`` of the region's text instead (one run:
+        ``where="prompt"`` with a single user turn, ``"reasoning"`` or ``"output"``).
+        ``where``: ``"prompt"``, ``"input"`` (everything before the reasoning, template
+        included), ``"reasoning"``, ``"output"``, ``"target"`` (reasoning to output end) or
+        ``"all"``; segments never cross a change of role.
+        """
+        from .segments import char_segments, role_runs, split_run
+
+        lo, hi = {
+            "prompt": (0, self.inputs_end), "input": (0, self.inputs_end),
+            "reasoning": self.reasoning or (self.output[0], self.output[0]), "output": self.output,
+            "target": ((self.reasoning or self.output)[0], self.output[1]), "all": (0, len(self.tokens)),
+        }.get(where, (None, None))  # fmt: skip
+        if lo is None:
+            raise TraceError(
+                f"where must be 'prompt', 'input', 'reasoning', 'output', 'target' or 'all', got {where!r}"
+            )
+        keep = {"prompt"} if where == "prompt" else None
+        runs = [(max(a, lo), min(b, hi), r) for a, b, r in role_runs(self.roles, keep) if a < hi and b > lo]
+        if chars is not None:
+            if len(runs) != 1:
+                raise TraceError(f"chars= needs one run of {where!r} tokens, found {len(runs)}; pick a narrower where")
+            segs = char_segments(self.tokens, *runs[0], chars)
+        else:
+            segs = [s for a, b, r in runs for s in split_run(self.tokens, a, b, r, by)]
+        return [SegmentScore(s.start, s.end, s.role, s.text, float(self.scores[s.start : s.end].sum())) for s in segs]
 
     def top_heads(self, k: int = 10, where: str = "prompt", weighting: str = "route") -> list[HeadScore]:
         """(layer, head) pairs ranked by the attribution they carry to ``where`` positions.
