@@ -187,6 +187,9 @@ def graph_nodes(
     reasoning steps (``steps``: a granularity of :mod:`ftlens.segments` or character spans of
     the reasoning text), the tokens between reasoning and answer as one more step, the answer.
     Every position up to the answer's end is in exactly one node."""
+    for how in (steps, segments):
+        if isinstance(how, str) and how not in BY:
+            raise SpanError(f"segments/steps must be one of {', '.join(BY)} or character spans, got {how!r}")
     r0 = reasoning[0] if reasoning is not None else output[0]
     nodes: list[Node] = []
     count = {"prompt": 0, "template": 0, "other": 0}
@@ -214,8 +217,6 @@ def graph_nodes(
 
 def _split(tokens, a: int, b: int, role: str, how) -> list[Segment]:
     if isinstance(how, str):
-        if how not in BY:
-            raise SpanError(f"segments/steps must be one of {', '.join(BY)} or character spans, got {how!r}")
         return split_run(tokens, a, b, role, how)
     return char_segments(tokens, a, b, role, list(how))
 
