@@ -20,9 +20,10 @@ AXES: dict[str, str] = {
     "d": "the residual stream (d_model)",
     "dh": "one head's query/key/value channels (d_head)",
     "hop": "recursion hops (hop 0 explains the output span)",
-    "vec": "a batch of virtual targets (weight vectors over rows)",
+    "vec": "a batch of virtual targets (weight vectors over rows; a step graph's traced nodes)",
     "channel": "the channels of a multi-channel token view",
     "step": "points of a deletion/insertion curve (0 .. k groups deleted)",
+    "node": "nodes of a step graph: input segments, reasoning steps, the answer",
     "batch": "perturbed copies of one sequence scored together (faithfulness metrics)",
 }
 #: Fixed sizes (``"batch 2"``) are numbers, not names, and need no entry.
