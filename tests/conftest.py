@@ -29,3 +29,28 @@ def default_model():
     import ftlens
 
     return ftlens.load_model()
+
+
+@pytest.fixture
+def tiny_cli(tiny_llama, monkeypatch):
+    """``ftlens.load_model`` (so every CLI ``--model``) returns the tiny llama; the list records
+    each load's ``(name, device, dtype)``."""
+    import ftlens
+
+    asked: list = []
+
+    def fake_load(name=None, *, device=None, dtype=None):
+        asked.append((name, device, dtype))
+        return tiny_llama
+
+    monkeypatch.setattr(ftlens, "load_model", fake_load)
+    return asked
+
+
+def run_cli(capsys, *argv):
+    """Run ``ftlens`` with ``argv``; returns ``(exit code, stdout, stderr)``."""
+    from ftlens import cli
+
+    rc = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err

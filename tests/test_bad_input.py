@@ -18,11 +18,6 @@ from ftlens.errors import FtlensError, ModelLoadError, SchemaError, SpanError, T
 from .conftest import PROMPT, TARGET
 
 
-@pytest.fixture
-def tiny_cli(tiny_llama, monkeypatch):
-    monkeypatch.setattr(ftlens, "load_model", lambda *a, **k: tiny_llama)
-
-
 def fails(capsys, *argv, match: str) -> str:
     """Run the CLI; it must exit 1 with exactly one stderr line matching ``match``."""
     rc = cli.main([str(a) for a in argv])

@@ -18,27 +18,9 @@ from ftlens.spans import Select, parse_span
 from ftlens.result import Trace
 
 from .conftest import PROMPT, TARGET
+from .conftest import run_cli as run
 
 HAS_RENDER = importlib.util.find_spec("ftlens.render") is not None
-
-
-@pytest.fixture
-def tiny_cli(tiny_llama, monkeypatch):
-    """``--model`` loads the tiny llama, whatever the name; records what was asked for."""
-    asked = []
-
-    def fake_load(name=None, *, device=None, dtype=None):
-        asked.append((name, device, dtype))
-        return tiny_llama
-
-    monkeypatch.setattr(ftlens, "load_model", fake_load)
-    return asked
-
-
-def run(capsys, *argv):
-    rc = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.mark.parametrize("command", [[], ["trace"], ["show"], ["batch"], ["demo"]])

@@ -16,25 +16,7 @@ from ftlens.batch import ids_sha256
 from ftlens.result import Trace
 
 from .conftest import PROMPT, TARGET
-
-
-@pytest.fixture
-def loads(tiny_llama, monkeypatch):
-    """``load_model`` returns the tiny llama; the list records each load's arguments."""
-    asked: list = []
-
-    def fake_load(name=None, *, device=None, dtype=None):
-        asked.append((name, device, dtype))
-        return tiny_llama
-
-    monkeypatch.setattr(ftlens, "load_model", fake_load)
-    return asked
-
-
-def run(capsys, *argv):
-    rc = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
+from .conftest import run_cli as run
 
 
 def one_error_line(err: str) -> str:
@@ -47,31 +29,31 @@ def trace_argv(*extra):
     return ["trace", "--prompt", PROMPT, "--target", TARGET, "--no-progress", *extra]
 
 
-# --------------------------------------------------------------------------- 10: checked before the model loads
+# --------------------------------------------------------------------------- 10: checked before the model tiny_cli
 
 
 @pytest.mark.parametrize("flag", ["--json", "--html"])
-def test_output_path_that_is_a_folder_is_refused_before_loading_and_named(loads, capsys, tmp_path, flag):
+def test_output_path_that_is_a_folder_is_refused_before_loading_and_named(tiny_cli, capsys, tmp_path, flag):
     folder = tmp_path / "results"
     folder.mkdir()
     rc, _, err = run(capsys, *trace_argv(flag, folder))
     line = one_error_line(err)
-    assert rc == 1 and loads == []
+    assert rc == 1 and tiny_cli == []
     assert str(folder) in line and ".tmp" not in line and "is a folder" in line
 
 
 @pytest.mark.parametrize("flag", ["--json", "--html"])
-def test_output_under_a_file_is_refused_before_loading_and_names_the_users_path(loads, capsys, tmp_path, flag):
+def test_output_under_a_file_is_refused_before_loading_and_names_the_users_path(tiny_cli, capsys, tmp_path, flag):
     blocker = tmp_path / "notes.txt"
     blocker.write_text("a file, not a folder")
     target = blocker / "t.json"
     rc, _, err = run(capsys, *trace_argv(flag, target))
     line = one_error_line(err)
-    assert rc == 1 and loads == []
+    assert rc == 1 and tiny_cli == []
     assert str(target) in line and ".tmp" not in line
 
 
-def test_unwritable_output_folder_is_refused_before_loading(loads, capsys, tmp_path, monkeypatch):
+def test_unwritable_output_folder_is_refused_before_loading(tiny_cli, capsys, tmp_path, monkeypatch):
     """Simulated with os.access (the tests may run as root, who can write anywhere)."""
     import os
 
@@ -81,41 +63,41 @@ def test_unwritable_output_folder_is_refused_before_loading(loads, capsys, tmp_p
     monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if Path(p) == ro else real(p, mode, *a, **k))
     rc, _, err = run(capsys, *trace_argv("--json", ro / "t.json"))
     line = one_error_line(err)
-    assert rc == 1 and loads == [] and str(ro / "t.json") in line and "not writable" in line
+    assert rc == 1 and tiny_cli == [] and str(ro / "t.json") in line and "not writable" in line
 
 
 @pytest.mark.parametrize("span", ["0:999", "zebra", "re:[xyz]{9}"])
-def test_spans_the_tokenizer_can_check_are_refused_before_loading(loads, capsys, span):
+def test_spans_the_tokenizer_can_check_are_refused_before_loading(tiny_cli, capsys, span):
     rc, _, err = run(capsys, *trace_argv("--output", span))
     one_error_line(err)
-    assert rc == 1 and loads == []
+    assert rc == 1 and tiny_cli == []
 
 
 @pytest.mark.parametrize("option", [["--device", "gpu0"], ["--device", "mps"], ["--dtype", "float8"]])
-def test_device_and_dtype_are_refused_before_loading(loads, capsys, option):
+def test_device_and_dtype_are_refused_before_loading(tiny_cli, capsys, option):
     if option[1] == "mps" and torch.backends.mps.is_available():
         pytest.skip("this machine has MPS")
     rc, _, err = run(capsys, *trace_argv(*option))
     one_error_line(err)
-    assert rc == 1 and loads == []
+    assert rc == 1 and tiny_cli == []
 
 
-def test_demo_out_that_is_a_file_is_refused_before_loading(loads, capsys, tmp_path):
+def test_demo_out_that_is_a_file_is_refused_before_loading(tiny_cli, capsys, tmp_path):
     f = tmp_path / "demo"
     f.write_text("x")
     rc, _, err = run(capsys, "demo", "--out", f, "--no-progress")
     line = one_error_line(err)
-    assert rc == 1 and loads == [] and str(f) in line
+    assert rc == 1 and tiny_cli == [] and str(f) in line
 
 
-def test_batch_out_under_a_file_is_refused_before_loading(loads, capsys, tmp_path):
+def test_batch_out_under_a_file_is_refused_before_loading(tiny_cli, capsys, tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps({"prompt": PROMPT, "target": TARGET}) + "\n")
     blocker = tmp_path / "f"
     blocker.write_text("x")
     rc, _, err = run(capsys, "batch", src, "--out", blocker / "out", "--no-progress")
     line = one_error_line(err)
-    assert rc == 1 and loads == [] and str(blocker / "out") in line
+    assert rc == 1 and tiny_cli == [] and str(blocker / "out") in line
 
 
 def test_api_save_into_a_folder_names_the_users_path_not_a_temp_file(tiny_llama, tmp_path):
@@ -166,7 +148,7 @@ def count_traces(monkeypatch) -> list:
         (["--dtype", "bfloat16"], "dtype"),
     ],
 )
-def test_resume_retraces_traces_made_with_other_settings(loads, capsys, tmp_path, monkeypatch, second, reason):
+def test_resume_retraces_traces_made_with_other_settings(tiny_cli, capsys, tmp_path, monkeypatch, second, reason):
     src = write_jsonl(tmp_path / "in.jsonl", ONE)
     out = tmp_path / "out"
     assert run(capsys, "batch", src, "--out", out, "--no-progress")[0] == 0
@@ -203,7 +185,7 @@ def _record_part(rec: dict) -> dict:
         ({"reasoning": None}, "reasoning"),
     ],
 )
-def test_resume_retraces_only_the_edited_record(loads, capsys, tmp_path, monkeypatch, edit, reason):
+def test_resume_retraces_only_the_edited_record(tiny_cli, capsys, tmp_path, monkeypatch, edit, reason):
     src = write_jsonl(tmp_path / "in.jsonl", TWO)
     out = tmp_path / "out"
     assert run(capsys, "batch", src, "--out", out, "--no-progress")[0] == 0
@@ -217,7 +199,7 @@ def test_resume_retraces_only_the_edited_record(loads, capsys, tmp_path, monkeyp
     assert (out / "b.json").read_bytes() == kept
 
 
-def test_resume_unchanged_keeps_every_trace(loads, capsys, tmp_path, monkeypatch):
+def test_resume_unchanged_keeps_every_trace(tiny_cli, capsys, tmp_path, monkeypatch):
     src = write_jsonl(tmp_path / "in.jsonl", TWO)
     out = tmp_path / "out"
     assert run(capsys, "batch", src, "--out", out, "--no-progress", "--hops", "2")[0] == 0
@@ -225,10 +207,10 @@ def test_resume_unchanged_keeps_every_trace(loads, capsys, tmp_path, monkeypatch
     rc, stdout, err = run(capsys, "batch", src, "--out", out, "--resume", "--no-progress", "--hops", "2")
     assert rc == 0, err
     assert calls == [] and "0 traced, 2 already done" in stdout and "stale" not in stdout
-    assert len(loads) == 1  # the first run only: nothing was left to trace
+    assert len(tiny_cli) == 1  # the first run only: nothing was left to trace
 
 
-def test_resume_retraces_a_trace_with_no_record_of_its_settings(tiny_llama, loads, capsys, tmp_path, monkeypatch):
+def test_resume_retraces_a_trace_with_no_record_of_its_settings(tiny_llama, tiny_cli, capsys, tmp_path, monkeypatch):
     """A trace written by the API (or an older ftlens) cannot be checked: it is redone, not kept."""
     src = write_jsonl(tmp_path / "in.jsonl", ONE)
     out = tmp_path / "out"
@@ -241,7 +223,7 @@ def test_resume_retraces_a_trace_with_no_record_of_its_settings(tiny_llama, load
     assert Trace.load(out / "a.json").method == "flashtrace"
 
 
-def test_resume_retraces_a_trace_whose_ids_were_edited(loads, capsys, tmp_path, monkeypatch):
+def test_resume_retraces_a_trace_whose_ids_were_edited(tiny_cli, capsys, tmp_path, monkeypatch):
     src = write_jsonl(tmp_path / "in.jsonl", ONE)
     out = tmp_path / "out"
     assert run(capsys, "batch", src, "--out", out, "--no-progress")[0] == 0
@@ -263,7 +245,7 @@ def test_version_prints_the_package_version(capsys):
 
 
 @pytest.mark.parametrize("command", ["trace", "batch", "demo"])
-def test_threads_sets_torch_threads(loads, capsys, tmp_path, monkeypatch, command):
+def test_threads_sets_torch_threads(tiny_cli, capsys, tmp_path, monkeypatch, command):
     asked: list[int] = []
     monkeypatch.setattr(torch, "set_num_threads", asked.append)
     src = write_jsonl(tmp_path / "in.jsonl", ONE)
@@ -287,7 +269,7 @@ def test_threads_must_be_positive(capsys):
     assert rc == 2 and "usage:" in err
 
 
-def test_batch_interrupt_says_how_to_resume(loads, capsys, tmp_path, monkeypatch):
+def test_batch_interrupt_says_how_to_resume(tiny_cli, capsys, tmp_path, monkeypatch):
     src = write_jsonl(tmp_path / "in.jsonl", TWO)
 
     def interrupt(*a, **k):
