@@ -11,6 +11,9 @@ Contenders (``--contenders``, default all):
     ft-flashtrace-h2   ftlens.trace(method="flashtrace", hops=2)
     ft-ifr-span        ftlens.trace(method="ifr-span")
     ft-ifr-tokenwise   ftlens.trace(method="ifr-tokenwise")  (rows = answer tokens)
+    ft-stepgraph       ftlens.stepgraph.step_graph (reasoning split into sentences: one span pass
+                       per step and one for the answer on one capture; the step count is in
+                       the CSV's timings column as n_steps)
     ft-flashtrace-h1-noguard  as ft-flashtrace-h1 with the completeness guard's gap computation
                        replaced by zeros (measures the guard's cost; not a user option)
     reference          flashtrace.FlashTrace(...).trace(method="flashtrace", hops=1) on the
@@ -36,6 +39,8 @@ Examples::
         --repeats 1 --tag scale
     .venv/bin/python analyses/bench_speed.py --model random:llama3-8b --dtype bfloat16 \\
         --device cuda --configs 8192x512,32768x512 --contenders ft-flashtrace-h1,hf-sdpa
+    .venv/bin/python analyses/bench_speed.py --model random:gemma2-9b --dtype bfloat16 \\
+        --device cuda --configs 8192x512 --contenders ft-flashtrace-h1,hf-sdpa   (Gemma-style)
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ CONTENDERS = (
     "ft-ifr-span",
     "ft-ifr-tokenwise",
     "ft-flashtrace-h1-noguard",
+    "ft-stepgraph",
     "reference",
     "bridge-forward",
     "hf-sdpa",
@@ -78,6 +84,16 @@ PRESETS = {
     "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                       num_attention_heads=32, num_key_value_heads=8, head_dim=128,
                       vocab_size=128256, rope_theta=500000.0),
+    # Gemma-style (post-attention norm folded by ftlens, sliding windows, soft-capping)
+    "gemma2-9b": dict(config="Gemma2Config", hidden_size=3584, intermediate_size=14336,
+                      num_hidden_layers=42, num_attention_heads=16, num_key_value_heads=8,
+                      head_dim=256, vocab_size=256000, sliding_window=4096,
+                      query_pre_attn_scalar=256, attn_logit_softcapping=50.0,
+                      final_logit_softcapping=30.0),
+    "gemma3-270m": dict(config="Gemma3TextConfig", architectures=["Gemma3ForCausalLM"],
+                        hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
+                        num_attention_heads=4, num_key_value_heads=1, head_dim=256,
+                        vocab_size=262144, sliding_window=512, query_pre_attn_scalar=256),
 }
 
 # --------------------------------------------------------------------------- inputs
@@ -145,10 +161,12 @@ def _load(args):
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     needs_bridge = args.contender.startswith("ft-") or args.contender == "bridge-forward"
     if args.model.startswith("random:"):
-        from transformers import AutoModelForCausalLM, LlamaConfig
+        import transformers
+        from transformers import AutoModelForCausalLM
 
-        preset = PRESETS[args.model.split(":", 1)[1]]
-        cfg = LlamaConfig(**preset, max_position_embeddings=131072, tie_word_embeddings=False,
+        preset = dict(PRESETS[args.model.split(":", 1)[1]])
+        config_cls = getattr(transformers, preset.pop("config", "LlamaConfig"))
+        cfg = config_cls(**preset, max_position_embeddings=131072, tie_word_embeddings=False,
                           bos_token_id=1, eos_token_id=2, pad_token_id=2,
                           attn_implementation="eager" if needs_bridge or args.contender == "reference"
                           else "sdpa")
@@ -227,7 +245,12 @@ def run_contender(c, model, hf, tok, prompt, target, device, progress) -> dict:
     seq = build_sequence(tok, prompt, target, chat_template=False)
     ids = seq.ids[None]
     extra: dict = {}
-    if c.startswith("ft-"):
+    if c == "ft-stepgraph":
+        from ftlens.stepgraph import step_graph
+
+        g = step_graph(model, prompt, target, chat_template=False, progress=progress)
+        extra = {"n_steps": len(g.steps), **{k: round(v, 3) for k, v in g.timings.items()}}
+    elif c.startswith("ft-"):
         method = {"ft-flashtrace-h1": "flashtrace", "ft-flashtrace-h2": "flashtrace",
                   "ft-ifr-span": "ifr-span", "ft-ifr-tokenwise": "ifr-tokenwise",
                   "ft-flashtrace-h1-noguard": "flashtrace"}[c]
@@ -351,6 +374,10 @@ def write_outputs(args, rows, contenders, header: dict) -> None:
         lines.append(f"| {t['N']} | {t['M']} | {t['T']} | {t['contender']} | {t['runs']} | "
                      f"{_fmt(t['median_s'])} | {_fmt(t['peak_rss_mb'], 0)} |{cuda} "
                      f"{_fmt(t['vs_reference'])} | {_fmt(t['vs_hf_sdpa'])} |")
+    ratios = [(t["N"], t["M"], t["median_s"] / h1["median_s"]) for t in table if t["contender"] == "ft-stepgraph"
+              for h1 in table if h1["contender"] == "ft-flashtrace-h1" and (h1["N"], h1["M"]) == (t["N"], t["M"])]
+    if ratios:
+        lines += [""] + [f"ft-stepgraph / ft-flashtrace-h1 at N={n} M={m}: {r:.2f}x (medians)" for n, m, r in ratios]
     bad = [r for r in rows if r["status"] != "ok"]
     if bad:
         lines += ["", "Failed runs:"] + [f"- N={r['N']} M={r['M']} {r['contender']}: {r['status']}" for r in bad]
