@@ -25,13 +25,12 @@ import time
 import torch
 
 import ftlens
-from ftlens.bridge import act_name, device_of, hf_model, temporary_hooks
 from ftlens.eval import scaffold as S
 from ftlens.eval.cases import build_case
 from ftlens.eval.loading import load_model_for
-from ftlens.eval.scoring import target_logprobs
 from ftlens.eval.tasks import TASKS
 from ftlens.records import unravel_head
+from ftlens.study.causal import ablated_logprobs, clean_pass
 
 RANKINGS = ("ftlens", "ftlens-route", "random", "attention")
 
@@ -49,62 +48,6 @@ def parse(argv=None):
     if a.quick:
         a.n, a.length, a.ks, a.tasks = 1, 64, [1, 2, 5], ["needle_single"]
     return a
-
-
-def clean_pass(model, ids, output, evidence_pos):
-    """Mean z per (layer, head) over positions, and attention mass of the answer rows on evidence."""
-    L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
-    zmean = [None] * L
-    mass = torch.zeros(L, H)
-    a, b = output
-
-    def zhook(layer):
-        def f(x, hook):
-            zmean[layer] = x[0].detach().float().mean(0)  # [head, dh]
-
-        return f
-
-    def phook(layer):
-        def f(x, hook):
-            mass[layer] = x[0, :, a:b][..., evidence_pos].detach().float().sum(-1).mean(-1).cpu()
-
-        return f
-
-    hooks = [(act_name(l, "attn.o.hook_in"), zhook(l)) for l in range(L)]
-    hooks += [(act_name(l, "attn.hook_pattern"), phook(l)) for l in range(L)]
-    with temporary_hooks(model, hooks), torch.no_grad():
-        hf_model(model)(input_ids=ids[None].to(device_of(model)))
-    return torch.stack(zmean), mass
-
-
-def ablated_logprobs(model, ids, start, output, masks, means, chunk=6):
-    """Answer log-prob for each row's ablation: ``masks[b, l, h]`` True = ablate;
-    ``means[b]`` is None (zero) or the ``[L, H, dh]`` mean z."""
-    L = int(model.cfg.n_layers)
-    cur = {}
-
-    def hook(layer):
-        def f(x, hook):
-            m = cur["mask"][:, layer][:, None, :, None].to(x.dtype)  # [b, 1, H, 1]
-            repl = cur["repl"][:, layer][:, None].to(x.dtype)  # [b, 1, H, dh]
-            return x * (1 - m) + repl * m
-
-        return f
-
-    res = []
-    a, b = output
-    with temporary_hooks(model, [(act_name(l, "attn.o.hook_in"), hook(l)) for l in range(L)]):
-        for i in range(0, len(masks), chunk):
-            mk = torch.stack(masks[i : i + chunk]).float()
-            repl = torch.stack([m if m is not None else torch.zeros_like(means_ref(means)) for m in means[i : i + chunk]])
-            cur["mask"], cur["repl"] = mk, repl
-            lp = target_logprobs(model, ids[None].repeat(mk.shape[0], 1), start, chunk=chunk)
-            res.append(lp[:, a - start : b - start].sum(-1))
-    return torch.cat(res)
-
-
-def means_ref(means):
-    return next(m for m in means if m is not None)
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,4 @@
-"""The ``ftlens`` command line: ``trace``, ``show``, ``batch`` and ``demo``.
+"""The ``ftlens`` command line: ``trace``, ``show``, ``batch``, ``study`` and ``demo``.
 
 Exit codes: 0 ok, 1 failure (an ftlens error: bad input, missing model, bad file;
 printed as one line ``ftlens: error: ...``), 2 usage error (argparse), 130 interrupted.
@@ -290,6 +290,68 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_study_run(args: argparse.Namespace) -> int:
+    """``ftlens study run``: a head study over a JSONL file (library: :mod:`ftlens.study`)."""
+    import ftlens
+
+    from .batch import run_settings
+    from .study import read_study_records, run_study, shard_from_env
+
+    check_options(args.method, args.hops, args.threshold)
+    check_writable_dir(args.out, "--out")
+    check_model_options(args)
+    shard = shard_from_env(args.shard)
+    read_study_records(args.input, shard)  # a missing or unreadable file is refused before the model loads
+    set_threads(args)
+    chat_template = False if args.no_chat_template else None
+    model = _load(args)
+
+    def trace_fn(r):
+        return ftlens.trace(model, r.prompt, r.target, output=r.output, reasoning=r.reasoning, hops=args.hops,
+                            explain=args.explain, method=args.method, threshold=args.threshold,
+                            chat_template=chat_template, max_new_tokens=args.max_new_tokens, progress=False)
+
+    study = run_study(model, args.input, out=args.out, shard=shard, resume=args.resume, k=args.k, ks=args.ks,
+                      draws=args.draws, causal=args.causal, causal_n=args.causal_n, rank_by=args.rank_by,
+                      method=args.method, hops=args.hops, threshold=args.threshold, explain=args.explain,
+                      chat_template=chat_template, max_new_tokens=args.max_new_tokens, rows=args.rows,
+                      dla=not args.no_dla, seed=args.seed, settings=run_settings(args),
+                      progress=not args.no_progress, trace_fn=trace_fn)
+    i, n = shard
+    t = study.meta["timings"]
+    print(f"study {args.input} shard {i}/{n}: {len(study.examples)} examples ({t['traced']} traced in "
+          f"{t['extract_s']:.0f} s), {len({r['key'] for r in study.ablation})} ablated; folder {args.out}")
+    if n == 1:
+        top = ", ".join(f"L{l}H{h}" for l, h in study.top_heads(args.k, args.rank_by))
+        print(f"top {args.k} heads by {args.rank_by}: {top}; tables written to {args.out}")
+    elif not study.ablation:
+        print(f"next: ftlens study merge {args.out}, then rerun the shards with --resume for the causal pass")
+    failed = study.meta["failed"]
+    for f in failed:
+        print(f"ftlens: error: line {f['line']}: {f['status']}: {f['error']}", file=sys.stderr)
+    if failed:
+        print(f"ftlens: error: {len(failed)} records failed or were bad; fix them and rerun with --resume",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_study_merge(args: argparse.Namespace) -> int:
+    """``ftlens study merge``: the shards' results as the tables of one run."""
+    from .study import merge
+
+    if args.out is not None:
+        check_writable_dir(args.out, "--out")
+    study = merge(args.folders, out=args.out)
+    where = args.out or args.folders[0]
+    print(f"merged {len(study.examples)} examples ({len({r['key'] for r in study.ablation})} ablated) from "
+          f"{len(args.folders)} folder(s); tables written to {where}")
+    if study.meta.get("causal_stale"):
+        print(f"{len(study.meta['causal_stale'])} ablation results used other head sets and were left out; "
+              "rerun the shards with --resume")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     import ftlens
 
@@ -360,6 +422,21 @@ examples:
 {_EXIT_CODES} Exit 1 if any line was bad or any record failed."""
 
 
+_STUDY_EPILOG = f"""\
+INPUT.jsonl: the records of `ftlens batch` plus optional "evidence" (a substring of the prompt or
+[[start, end], ...] character ranges) and "segments" ({{"name": substring or ranges}}). See docs/study.md.
+The shard comes from --shard I/N, else torchrun's RANK/WORLD_SIZE, else Slurm's SLURM_ARRAY_TASK_ID/COUNT.
+One process: trace, aggregate, ablate, write the tables. Sharded: run the shards, `ftlens study merge DIR`,
+rerun the shards with --resume (the causal pass), merge again.
+
+examples:
+  ftlens study run records.jsonl --out study/ --k 5 --draws 5
+  torchrun --nproc_per_node 2 --no-python ftlens study run records.jsonl --out study/ --resume
+  ftlens study merge study/
+
+{_EXIT_CODES}"""
+
+
 def _model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, help="HF name or local checkpoint folder (default: bundled SmolLM2-135M-Instruct, offline)")
@@ -404,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ftlens",
         description="FlashTrace attribution on TransformerLens: which prompt tokens, through which "
         "layers and heads, produced a span of the model's output.",
-        epilog="commands: trace (one prompt), show (a saved trace), batch (a JSONL file), demo.\n"
+        epilog="commands: trace (one prompt), show (a saved trace), batch (a JSONL file), study (head studies), demo.\n"
         "run `ftlens COMMAND --help` for examples.\n" + _EXIT_CODES,
         formatter_class=fmt,
     )
@@ -453,6 +530,43 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(ba)
     _method_options(ba)
     ba.set_defaults(func=_cmd_batch)
+
+    st = sub.add_parser(
+        "study", help="head studies over a dataset: run (sharded, resumable) and merge",
+        description="Per-head attribution studies with causal validation (library: ftlens.study).",
+        epilog=_STUDY_EPILOG, formatter_class=fmt,
+    )
+    st_sub = st.add_subparsers(dest="study_command", required=True, metavar="STEP")
+    sr = st_sub.add_parser("run", help="trace, extract, aggregate and ablate (this shard)",
+                           description="Run a head study on INPUT.jsonl (this process' shard).",
+                           epilog=_STUDY_EPILOG, formatter_class=fmt)
+    sr.add_argument("input", metavar="INPUT.jsonl", help="one JSON object per line")
+    sr.add_argument("--out", required=True, metavar="DIR", help="study folder (created if missing)")
+    sr.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
+                    help="do only lines L with (L-1) %% N == I (default: from torchrun/Slurm, else 0/1)")
+    sr.add_argument("--resume", action="store_true", help="keep results made the same way; redo stale ones")
+    sr.add_argument("--k", type=_positive_int, default=5, help="top-k for frequencies, stability and ablation (default 5)")
+    sr.add_argument("--ks", type=_positive_int, nargs="+", default=None, metavar="K",
+                    help="head-set sizes to ablate (default: --k)")
+    sr.add_argument("--draws", type=_nonneg_int, default=5, help="random head sets per example (default 5)")
+    sr.add_argument("--causal", choices=["auto", "yes", "no"], default="auto",
+                    help="ablation pass: auto = one process, or a shard after `study merge` (default)")
+    sr.add_argument("--causal-n", type=_positive_int, default=None, metavar="N",
+                    help="ablate only the first N examples (default all)")
+    sr.add_argument("--rank-by", default="prompt", metavar="MEASURE",
+                    help="measure ranking the study's heads: prompt (default), evidence, segment:NAME")
+    sr.add_argument("--rows", type=_nonneg_int, default=3, help="token rows kept per example (its top heads; default 3)")
+    sr.add_argument("--no-dla", action="store_true", help="skip direct logit attribution per example")
+    sr.add_argument("--seed", type=int, default=0, help="seed of random head sets and split halves")
+    _model_options(sr)
+    _method_options(sr)
+    sr.set_defaults(func=_cmd_study_run)
+    sm = st_sub.add_parser("merge", help="combine shard outputs into the tables of one run",
+                           description="Merge study folders (shards) into one study's tables.",
+                           epilog=_STUDY_EPILOG, formatter_class=fmt)
+    sm.add_argument("folders", nargs="+", metavar="DIR", help="study folders written by `ftlens study run`")
+    sm.add_argument("--out", default=None, metavar="DIR", help="where to write the tables (default: the first DIR)")
+    sm.set_defaults(func=_cmd_study_merge)
 
     demo = sub.add_parser(
         "demo", help="trace the built-in needle example (with a reasoning chain) on the default model",

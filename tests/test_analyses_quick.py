@@ -1,8 +1,9 @@
-"""The three analyses run end to end in --quick mode on a tiny random model."""
+"""The analyses run end to end in --quick mode on a tiny random model."""
 
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,8 @@ def _run(script: str, out: Path, *extra: str) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
 
 
-@pytest.mark.parametrize("script", ["faithfulness.py", "head_study.py", "hops.py"])
+@pytest.mark.parametrize("script", ["faithfulness.py", "head_study.py", "hops.py", "step_causal.py",
+                                    "recovery_settings.py"])
 def test_help(script):
     r = subprocess.run([sys.executable, str(ROOT / "analyses" / script), "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--quick" in r.stdout
@@ -87,3 +89,42 @@ def test_hops_quick(tmp_path):
         by.setdefault(r["id"], []).append(float(r["thinking_ratio"]))
     assert all(v == sorted(v, reverse=True) for v in by.values())
     assert (tmp_path / "hops.md").exists()
+
+
+def test_step_causal_quick(tmp_path):
+    """Every example gets one row per weighting; the drops are per-step and the picks are among them."""
+    _run("step_causal.py", tmp_path)
+    rows = list(csv.DictReader((tmp_path / "step_causal.csv").open()))
+    assert {r["weighting"] for r in rows} == {"graph", "token-recursion", "rollout"}
+    for r in rows:
+        drops = json.loads(r["drops"])
+        assert len(drops) == len(json.loads(r["weights"])) == int(r["n_steps"]) >= 2
+        for pick in ("drop_top", "drop_low", "drop_random"):
+            assert min(abs(float(r[pick]) - d) for d in drops) < 1e-3
+        assert abs(float(r["drop_mean"]) - sum(drops) / len(drops)) < 1e-3
+        s = float(r["spearman"])
+        assert s != s or -1.0 - 1e-9 <= s <= 1.0 + 1e-9
+    md = (tmp_path / "step_causal.md").read_text()
+    assert "Command: `python analyses/step_causal.py" in md and "Spearman" in md
+
+
+def test_step_causal_spearman_uses_average_ranks():
+    sys.path.insert(0, str(ROOT / "analyses"))
+    from step_causal import ranks, spearman
+
+    assert ranks([3.0, 1.0, 3.0]) == [2.5, 1.0, 2.5]
+    assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 1], [1, 2, 3]) != spearman([1, 1, 1], [1, 2, 3])  # constant side: NaN
+
+
+def test_recovery_settings_quick(tmp_path):
+    _run("recovery_settings.py", tmp_path, "--no-reference")
+    rows = list(csv.DictReader((tmp_path / "recovery_settings.csv").open()))
+    methods = {r["method"] for r in rows}
+    assert {"stepgraph", "flashtrace-h0", "flashtrace-h3", "flashtrace-target-h1"} <= methods
+    for r in rows:
+        assert 0.0 <= float(r["recovery"]) <= 1.0 and 0.0 <= float(r["rise_target"]) <= 1.0
+        shares = [float(r[c]) for c in ("to_template", "to_question", "to_evidence", "to_punct")]
+        assert sum(shares) <= 1.0 + 1e-6
+    assert "Command: `python analyses/recovery_settings.py" in (tmp_path / "recovery_settings.md").read_text()

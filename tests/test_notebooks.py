@@ -53,9 +53,9 @@ def monkeypatch_module():
     mp.undo()
 
 
-def test_there_are_the_four_notebooks():
+def test_there_are_the_five_notebooks():
     names = [p.name for p in NOTEBOOKS]
-    for stem in ("01_quickstart", "02_per_head", "03_recursion", "04_residual_stream"):
+    for stem in ("01_quickstart", "02_per_head", "03_recursion", "04_residual_stream", "05_reasoning_flow"):
         assert f"{stem}.ipynb" in names
 
 

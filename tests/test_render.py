@@ -86,19 +86,23 @@ def test_heatmap_has_one_colored_tokens_per_role_run_covering_the_sequence(trace
     assert tokens == render._display_tokens(trace.tokens)
     runs = render._runs(trace.roles)
     assert len(comps) == len(runs)
+    mu = trace.relayed_mass().sum(0)  # reasoning runs: relayed mass, on a scale of their own
     for p, (role, a, b) in zip(comps, runs):
         assert f"ft-run-{role}" in p.html
-        torch.testing.assert_close(p.props["values"], trace.scores[a:b].float())
-    # one colour scale for every run
-    assert len({(p.props["minValue"], p.props["maxValue"]) for p in comps}) == 1
+        want = mu[a:b] if role == "reasoning" else trace.scores[a:b].float()
+        torch.testing.assert_close(p.props["values"], want)
+    # one colour scale for every run of final scores
+    assert len({(p.props["minValue"], p.props["maxValue"]) for p, (role, _, _) in zip(comps, runs)
+                if role != "reasoning"}) == 1
 
 
 def test_hop_and_head_channels_match_the_trace(trace):
     hop = [p for p in render.hop_channels(trace).parts if p.component][0]
     assert hop.component == "ColoredTokensMulti"
-    assert hop.props["labels"] == [f"hop {k}" for k in range(len(trace.hops))] + ["final"]
+    n = len(trace.hops)
+    assert hop.props["labels"][: n + 1] == [f"hop {k}" for k in range(n)] + ["final"]  # then relayed k
     a = trace.prompt_positions[0]
-    torch.testing.assert_close(hop.props["values"][:, -1], trace.scores[a : trace.output[1]])
+    torch.testing.assert_close(hop.props["values"][:, n], trace.scores[a : trace.output[1]])
     heads = [p for p in render.head_channels(trace, k=3).parts if p.component][0]
     top = trace.top_heads(3)
     assert heads.props["labels"] == [f"L{h.layer}H{h.head}" for h in top]

@@ -7,20 +7,26 @@ One room per job (names re-exported here, so ``from ftlens import render`` keeps
   how values reach it (JSON only);
 - :mod:`.trace_views` -- views of one :class:`ftlens.result.Trace` (token heatmap, hop and
   head channels, layer x head grid, recursion flow, top table);
+- :mod:`.flow_views` -- the flow graph of a :class:`ftlens.stepgraph.StepGraph` (input
+  segments -> steps -> answer, click for heads and heatmaps; :func:`flow_graph`,
+  :func:`write_flow_html`) and the ``ifr-tokenwise`` output x source matrix
+  (:func:`tokenwise_matrix`);
 - :mod:`.residual_views` -- matplotlib views of :mod:`ftlens.residual`'s analyses;
 - :mod:`.standalone` -- every trace view on one page: :func:`trace_page`, :func:`write_html`;
-- ``page.css``, ``circuitsvis_render.js``, ``circuitsvis_render_cdn.js``, ``head_grid.js`` --
-  the CSS and JavaScript, packaged files read with :mod:`importlib.resources`.
+- ``page.css``, ``circuitsvis_render.js``, ``circuitsvis_render_cdn.js``, ``head_grid.js``,
+  ``flow_graph.js`` -- the CSS and JavaScript, packaged files read with :mod:`importlib.resources`.
 
 Nothing here touches the network; the result object never imports this package.
 """
 
 from __future__ import annotations
 
+from .flow_views import flow_graph, flow_page, tokenwise_matrix, write_flow_html
 from .residual_views import comparison_view, component_shares_view, dla_view, logit_lens_view
 from .standalone import trace_page, write_html
 from .trace_views import (
     HEAD_UNIT,
+    RELAYED_UNIT,
     ROLE_COLORS,
     _display_tokens,
     _runs,
@@ -28,6 +34,7 @@ from .trace_views import (
     head_grid,
     hop_channels,
     recursion_flow,
+    relayed_values,
     token_heatmap,
     top_table,
 )
@@ -43,6 +50,11 @@ __all__ = [
     "head_grid",
     "recursion_flow",
     "top_table",
+    "relayed_values",
+    "flow_graph",
+    "flow_page",
+    "write_flow_html",
+    "tokenwise_matrix",
     "trace_page",
     "write_html",
     "logit_lens_view",

@@ -20,6 +20,8 @@ from .view import Part, View, heading, note, script, to_json
 __all__ = [
     "ROLE_COLORS",
     "HEAD_UNIT",
+    "RELAYED_UNIT",
+    "relayed_values",
     "token_heatmap",
     "hop_channels",
     "head_channels",
@@ -32,6 +34,8 @@ ROLE_COLORS = {"template": "#9e9e9e", "prompt": "#1f77b4", "reasoning": "#ff7f0e
                "other": "#7f7f7f"}
 #: The one head ranking every view uses (``Trace.top_heads`` default, README "Ranking heads").
 HEAD_UNIT = "route-weighted mass"
+#: What a reasoning token's colour means when the relayed mass is drawn (``Trace.relayed_mass``).
+RELAYED_UNIT = "relayed mass (share of the answer's attribution, which totals 1)"
 
 
 def _display_tokens(tokens: Sequence[str]) -> list[str]:
@@ -57,41 +61,84 @@ def _legend() -> Part:
 
 
 # ---------------------------------------------------------------------- trace views
+def relayed_values(trace: Trace) -> Float[Tensor, "hop pos"] | None:
+    """``mu_k[s]`` per hop (:meth:`Trace.relayed_mass`) when the trace recursed through a
+    reasoning span (method ``flashtrace``, per-hop pending mass stored), else ``None``.
+
+    ``mu_k[s]`` is the share of the answer's attribution (which totals 1) that reasoning token
+    ``s`` holds after hop ``k`` and hands on to hop ``k + 1``; ``sum_s mu_k[s]`` is the
+    thinking ratio of hop ``k``.  Summed over hops it is the mass the token relays in all.
+    """
+    if trace.method != "flashtrace" or trace.reasoning is None or not trace.hops:
+        return None
+    if any(getattr(h, "pending", None) is None for h in trace.hops):
+        return None
+    return trace.relayed_mass().float()
+
+
 def token_heatmap(
     trace: Trace,
     values: Float[Tensor, " pos"] | None = None,
     *,
     title: str = "Token attribution",
     show_template: bool = True,
+    relayed: bool = True,
 ) -> View:
     """Scores over the whole sequence, one CircuitsVis ``ColoredTokens`` per role run.
 
     Runs of prompt / reasoning / output (and chat template) are styled by role (coloured
-    left border and label); all runs share one colour scale ``[0, max score]``.
+    left border and label); they share one colour scale ``[0, max score]``.  With
+    ``relayed`` (default) and a trace that recursed through a reasoning span, the reasoning
+    runs are coloured instead by the mass they relay, ``sum_k mu_k[s]``
+    (:func:`relayed_values`), in orange on a scale of their own ``[0, max relayed]``
+    (the final scores are zero there: FlashTrace hands that mass on to the inputs).
     """
     vals = (trace.scores if values is None else values).float()
-    vmax = _scale_max(trace, vals)
+    mu = relayed_values(trace) if (relayed and values is None) else None
+    mu_sum = mu.sum(0) if mu is not None else None
+    vmax = _scale_max(trace, vals, skip_reasoning=mu_sum is not None)
     toks = _display_tokens(trace.tokens)
     parts = [heading(title), _legend()]
+    if mu_sum is not None:
+        r0, r1 = trace.reasoning
+        rmax = float(mu_sum[r0:r1].max()) if r1 > r0 else 0.0
+        parts.append(note(
+            f"Prompt, template and output tokens: final scores (purple, scale 0..{vmax:.3g}). "
+            f"<b>Reasoning tokens</b> (orange, own scale 0..{rmax:.3g}): the answer's mass each one relays, "
+            f"&Sigma;<sub>k</sub> &mu;<sub>k</sub>[s] summed over hops 0..{len(mu) - 1} "
+            f"(<code>Trace.relayed_mass().sum(0)</code>), in the unit of the scores: a share of the answer's "
+            f"attribution, which totals 1. Their sum over the reasoning is the sum of the thinking ratios, "
+            f"{float(mu_sum.sum()):.3f}."
+        ))
     for role, a, b in _runs(trace.roles):
         if role == "template" and not show_template:
             continue
         color = ROLE_COLORS.get(role, "#7f7f7f")
+        label = f"{role} {a}:{b}"
+        props = {"tokens": toks[a:b], "values": vals[a:b], "minValue": -vmax, "maxValue": vmax}
+        if mu_sum is not None and role == "reasoning":
+            rmax = float(mu_sum[a:b].abs().max()) if b > a else 0.0
+            rmax = rmax if rmax > 0 else 1.0
+            label += " · relayed mass"
+            props = {"tokens": toks[a:b], "values": mu_sum[a:b], "minValue": -rmax, "maxValue": rmax,
+                     "positiveColor": ROLE_COLORS["reasoning"]}
         parts.append(
             Part(
                 html=f'<div class="ft-run ft-run-{role}" style="border-color:{color}">'
-                f'<span class="ft-label" style="color:{color}">{role} {a}:{b}</span></div>',
+                f'<span class="ft-label" style="color:{color}">{label}</span></div>',
                 component="ColoredTokens",
-                props={"tokens": toks[a:b], "values": vals[a:b], "minValue": -vmax, "maxValue": vmax},
+                props=props,
             )
         )
     return View(parts, title)
 
 
-def _scale_max(trace: Trace, vals: Tensor) -> float:
+def _scale_max(trace: Trace, vals: Tensor, skip_reasoning: bool = False) -> float:
     """Colour-scale bound: the largest |value| off the chat template (attention-sink tokens
-    such as ``<|im_start|>`` would otherwise wash out the prompt); larger values saturate."""
-    keep = [i for i, r in enumerate(trace.roles) if r != "template"]
+    such as ``<|im_start|>`` would otherwise wash out the prompt); larger values saturate.
+    ``skip_reasoning``: the reasoning runs have a scale of their own (relayed mass)."""
+    drop = {"template", "reasoning"} if skip_reasoning else {"template"}
+    keep = [i for i, r in enumerate(trace.roles) if r not in drop]
     sub = vals[keep] if keep else vals
     return float(sub.abs().max()) if sub.numel() and float(sub.abs().max()) > 0 else 1.0
 
@@ -110,16 +157,28 @@ def _multi(trace: Trace, channels: Float[Tensor, "pos channel"], labels: list[st
     )
 
 
-def hop_channels(trace: Trace) -> View:
-    """One channel per recursion hop (its contribution to the final scores), plus the total."""
+def hop_channels(trace: Trace, relayed: bool = True) -> View:
+    """One channel per recursion hop (its contribution to the final scores), plus the total.
+
+    With ``relayed`` (default) and a trace that recursed through a reasoning span, one more
+    channel per hop, ``relayed k``: ``mu_k`` (the mass hop ``k`` leaves on the reasoning tokens
+    and hands to hop ``k + 1``), and ``relayed Σ``, their sum over hops.
+    """
     cols = [h.scores.float() for h in trace.hops] + [trace.scores.float()]
     labels = [f"hop {k}" for k in range(len(trace.hops))] + ["final"]
+    mu = relayed_values(trace) if relayed else None
+    text = ("Hover a label to colour the tokens by that hop; hover a token to see every hop's value. "
+            "Shown from the first prompt token to the end of the output.")
+    if mu is not None:
+        cols += [m for m in mu] + [mu.sum(0)]
+        labels += [f"relayed {k}" for k in range(len(mu))] + ["relayed Σ"]
+        text += (" Channels <b>relayed k</b>: &mu;<sub>k</sub>[s], the answer's mass that reasoning token s "
+                 "holds after hop k and hands on to hop k+1 (<code>Trace.relayed_mass()</code>; a share of "
+                 "the answer's attribution, which totals 1; each channel sums to that hop's thinking ratio); "
+                 "<b>relayed Σ</b>: their sum over hops. Each channel has its own colour scale.")
     upto = trace.output[1]
     return View(
-        [heading("Per-hop contributions"),
-         note("Hover a label to colour the tokens by that hop; hover a token to see every hop's value. "
-              "Shown from the first prompt token to the end of the output."),
-         _multi(trace, torch.stack(cols, 1), labels, upto)],
+        [heading("Per-hop contributions"), note(text), _multi(trace, torch.stack(cols, 1), labels, upto)],
         "Per-hop contributions",
     )
 

@@ -28,7 +28,6 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Sequence
 
 from .. import batch
@@ -134,8 +133,16 @@ def _request(settings: dict[str, Any], rec: StudyRecord, max_new_tokens: int, ex
 
 
 def _stale(stored: dict[str, Any], request: dict[str, Any]) -> list[str]:
-    return batch.stale_reasons(SimpleNamespace(params={"request": stored.get("request")}, ids=stored.get("ids", [])),
-                               request)
+    """Why a stored example is not what ``request`` would make: :func:`ftlens.batch.stale_reasons`'
+    rule (same labels) applied to the example's stored request and ids instead of a Trace's."""
+    have = stored.get("request")
+    if not isinstance(have, dict):
+        return ["no record of its settings"]
+    keys = list(request) + [k for k in have if k not in request and k != "ids_sha256"]
+    reasons = [batch._LABELS.get(k, k) for k in keys if have.get(k) != request.get(k)]
+    if have.get("ids_sha256") != batch.ids_sha256(stored.get("ids", [])):
+        reasons.append("input ids")
+    return reasons
 
 
 def _load_json(path: Path) -> dict[str, Any] | None:
@@ -360,7 +367,7 @@ def run_study(
 
 
 # ---------------------------------------------------------------------- merging
-def _collect(paths: Sequence[str | Path]) -> tuple[list[dict], dict[str, list[dict]], dict | None]:
+def _collect(paths: Sequence[str | Path]) -> tuple[list[dict], dict[str, dict], dict | None]:
     examples: dict[str, dict] = {}
     causal: dict[str, dict] = {}
     settings = None

@@ -65,7 +65,7 @@ def t_quantile(p: float, df: int) -> float:
     return (lo + hi) / 2
 
 
-def mean_ci(values: Sequence[float], level: float = 0.95) -> dict[str, float]:
+def mean_ci(values: Sequence[float | int], level: float = 0.95) -> dict[str, float | int]:
     """``{"n", "mean", "sd", "ci_low", "ci_high"}`` of the finite ``values`` (NaN if none)."""
     v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
     n = len(v)
@@ -80,7 +80,7 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> dict[str, float]:
     return {"n": n, "mean": mu, "sd": sd, "ci_low": mu - half, "ci_high": mu + half}
 
 
-def ranks(x: Sequence[float]) -> list[float]:
+def ranks(x: Sequence[float | int]) -> list[float]:
     """0-based ranks of ``x`` (ascending); tied values share their average rank."""
     order = sorted(range(len(x)), key=lambda i: x[i])
     r = [0.0] * len(x)
@@ -95,7 +95,7 @@ def ranks(x: Sequence[float]) -> list[float]:
     return r
 
 
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+def spearman(a: Sequence[float | int], b: Sequence[float | int]) -> float:
     """Spearman's rank correlation (Pearson correlation of :func:`ranks`); NaN when constant."""
     if len(a) != len(b):
         raise ValueError("spearman needs two sequences of the same length")
@@ -108,17 +108,17 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return cov / (va * vb) if va > 0 and vb > 0 else float("nan")
 
 
-def top_k(values: Sequence[float], k: int) -> list[int]:
+def top_k(values: Sequence[float | int], k: int) -> list[int]:
     """Indices of the ``k`` largest values (ties: lower index first)."""
     return sorted(range(len(values)), key=lambda i: (-values[i], i))[: max(0, k)]
 
 
-def _means(rows: list[Sequence[float]]) -> list[float]:
+def _means(rows: list[Sequence[float | int]]) -> list[float]:
     return [math.fsum(col) / len(rows) for col in zip(*rows)]
 
 
-def split_half(per_example: Sequence[Sequence[float]], k: int, n_splits: int = 20,
-               seed: int = 0) -> list[dict[str, float]]:
+def split_half(per_example: Sequence[Sequence[float | int]], k: int, n_splits: int = 20,
+               seed: int = 0) -> list[dict[str, float | int]]:
     """Split-half stability of a per-head ranking.
 
     ``per_example[e][h]``: example ``e``'s value for head ``h``.  Split ``s`` shuffles the

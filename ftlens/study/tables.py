@@ -16,7 +16,7 @@ from typing import Any
 
 from ..fileio import atomic_write_bytes, atomic_write_text
 
-__all__ = ["SCHEMA", "write_table", "read_table", "has_parquet", "table_path"]
+__all__ = ["SCHEMA", "write_table", "read_table", "has_parquet", "table_path", "same_rows"]
 
 S, I, F = "str", "int", "float"
 
@@ -113,14 +113,18 @@ def read_table(folder: str | Path, name: str) -> list[dict[str, Any]]:
     return rows
 
 
-def same_rows(a: list[dict[str, Any]], b: list[dict[str, Any]], rel: float = 0.0) -> bool:
-    """Whether two tables hold the same rows (floats within ``rel`` relative tolerance, NaN == NaN)."""
+def same_rows(a: list[dict[str, Any]], b: list[dict[str, Any]], rel: float = 0.0,
+              ignore: tuple[str, ...] = ("trace_s",)) -> bool:
+    """Whether two tables hold the same rows (floats within ``rel`` relative tolerance, NaN == NaN),
+    ignoring the ``ignore`` columns (default: the measured trace time)."""
     if len(a) != len(b):
         return False
     for ra, rb in zip(a, b):
         if ra.keys() != rb.keys():
             return False
         for c in ra:
+            if c in ignore:
+                continue
             x, y = ra[c], rb[c]
             if isinstance(x, float) and isinstance(y, float):
                 if math.isnan(x) and math.isnan(y):
