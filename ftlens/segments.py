@@ -4,6 +4,7 @@ A segment is a half-open range of positions ``[start, end)`` inside one *run* of
 (consecutive positions with the same role: a run of user-prompt tokens, of template tokens,
 the reasoning span, the answer).  Segment scores are sums of token scores, so mass is kept.
 
+Segments that are only whitespace (a blank line) join the segment before them.
 Boundaries are read from the display tokens (``Trace.tokens``: each character shown once,
 continuation pieces ``""``), so ``"".join(tokens[a:b])`` is the segment's text:
 
@@ -13,7 +14,7 @@ continuation pieces ``""``), so ``"".join(tokens[a:b])`` is the segment's text:
 - ``"line"``: a line ends after a token that contains a newline;
 - ``"sentence"``: a sentence ends after a token ending in ``.``, ``!`` or ``?`` (optionally
   followed by closing quotes or brackets) when the next token starts with whitespace or the
-  run ends, and after a token that contains a newline (blank lines are their own segments);
+  run ends, and after a token that contains a newline;
 - character spans ``[(c0, c1), ...]`` relative to the run's text: each token goes to the span
   holding its first character; tokens in no span are left out.
 """
@@ -78,12 +79,20 @@ def _boundary_after(tokens: list[str], i: int, end: int, by: str) -> bool:
 
 def split_run(tokens: list[str], start: int, end: int, role: str, by: str) -> list[Segment]:
     """Split positions ``[start, end)`` (one run) into segments by ``by`` (see the module doc)."""
-    out, a = [], start
+    cuts, a = [], start
     for i in range(start, end):
         if i == end - 1 or _boundary_after(tokens, i, end, by):
-            out.append(Segment(a, i + 1, role, "".join(tokens[a : i + 1])))
+            cuts.append((a, i + 1))
             a = i + 1
-    return out
+    if by != "token":  # whitespace alone (a blank line) joins the segment before it
+        merged: list[tuple[int, int]] = []
+        for a, b in cuts:
+            if merged and not "".join(tokens[a:b]).strip():
+                merged[-1] = (merged[-1][0], b)
+            else:
+                merged.append((a, b))
+        cuts = merged
+    return [Segment(a, b, role, "".join(tokens[a:b])) for a, b in cuts]
 
 
 def char_segments(

@@ -154,7 +154,7 @@ def test_absorb_folds_self_loops_exactly_on_a_hand_made_chain():
 def test_sentences_lines_and_words_split_where_the_text_says():
     toks = ["The", " sky", " is", " 3", ".", "5", " m", ".", " Next", "!", "\n", "Line", " two", "."]
     sent = [s.text for s in split_run(toks, 0, len(toks), "prompt", "sentence")]
-    assert sent == ["The sky is 3.5 m.", " Next!", "\n", "Line two."]
+    assert sent == ["The sky is 3.5 m.", " Next!\n", "Line two."]  # a blank line joins the sentence before
     assert [s.text for s in split_run(toks, 0, len(toks), "prompt", "line")] == [
         "The sky is 3.5 m. Next!\n", "Line two."]
     words = [s.text for s in split_run(toks, 0, 6, "prompt", "word")]
