@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..fileio import atomic_write_text
-from .tasks import make_examples, seed_tag, write_jsonl
+from .tasks import make_examples, read_jsonl, seed_tag, write_jsonl
 
 DEFAULT_OUT = "analyses/results"
 DEFAULT_MODEL_LABEL = "default (SmolLM2-135M-Instruct)"
@@ -113,7 +113,9 @@ class Run:
         ``<out>/datasets/<name><seed tag>.jsonl`` (``name`` defaults to ``<task>-<length>``)."""
         seed = self.args.seed
         exs = make_examples(task, tokenizer, n, length, seed=seed, **kw)
-        write_jsonl(exs, self.out / "datasets" / f"{name or f'{task}-{length}'}{seed_tag(seed)}.jsonl")
+        path = self.out / "datasets" / f"{name or f'{task}-{length}'}{seed_tag(seed)}.jsonl"
+        if not _extends(path, exs):  # a smaller run at the same seed keeps the larger file it is a prefix of
+            write_jsonl(exs, path)
         return exs
 
     def progress(self, jobs: Iterable, desc: str) -> Any:
@@ -128,6 +130,17 @@ class Run:
 
     def done(self, name: str, rows: Sequence, elapsed: float) -> None:
         print(f"wrote {self.out}/{name} ({len(rows)} rows, {elapsed:.0f} s)")
+
+
+def _extends(path: Path, exs: list[dict[str, Any]]) -> bool:
+    """Whether ``path`` already holds ``exs`` as its first records (same seed, larger n)."""
+    if not path.is_file():
+        return False
+    try:
+        held = read_jsonl(path)
+    except (OSError, ValueError):
+        return False
+    return len(held) >= len(exs) and held[: len(exs)] == exs
 
 
 # ---------------------------------------------------------------------------- summaries
