@@ -13,7 +13,7 @@ import torch
 
 from .bridge import device_of, hf_model
 from .errors import SpanError, TraceError
-from .spans import format_prompt
+from .chat import format_prompt
 
 __all__ = ["Generation", "generate_ids", "generate"]
 

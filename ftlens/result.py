@@ -177,7 +177,7 @@ class Trace:
 
         A character split over several byte-level tokens is shown once, on its first piece
         (the others are continuations with an empty display string, see
-        :func:`ftlens.spans.display_tokens`): it is ranked as one entry at its first piece's
+        :func:`ftlens.tokens.display_tokens`): it is ranked as one entry at its first piece's
         position, with the sum of its pieces' scores (mass is kept).
         """
         pos = self.positions(where)

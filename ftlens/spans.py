@@ -1,34 +1,12 @@
-r"""Tokenisation in context, roles per position, and span selection.
+r"""The traced sequence: roles per position and span selection.
 
-The prompt is formatted (chat template on by default where the tokenizer has
-one), the target is appended, and the *concatenated text* is tokenised once, so
-the attributed ids are the ids the model would see.  A target that begins with
-whitespace the prompt's last token would swallow (``"\n\nParis."`` after a
-template ending in ``"\n"``) keeps the prompt's ids: the swallowed whitespace is
-tokenised on its own and the rest of the target in context.  A target whose
-tokens do not round-trip, that is blank, or whose *text* (not whitespace) merges
-with the prompt at the boundary, is refused.
-
-Generated replies are traced by id (``target_ids=``): the ids are used verbatim
-(no re-tokenisation), and the target text is their decoded text, with each token's
-characters found by incremental decoding (:func:`decode_with_offsets`); a reply
-cut inside a multi-byte character keeps its pieces and gains no U+FFFD token.
-
-Chat input: ``prompt=`` (one user turn), optionally with ``system=``, or
-``messages=[{"role": "system"|"user"|"assistant", "content": ...}, ...]`` ending
-with a user turn (the target is the reply to it).  The content of every message
-is role ``prompt``; what the chat template adds (markers, a default system
-prompt) is ``template``.  ``messages=`` and ``system=`` need a chat template.
+The prompt is formatted (:mod:`ftlens.chat`) and tokenised together with the target
+(:mod:`ftlens.tokens`; ``target_ids=`` traces given ids verbatim); ``Sequence.tokens`` are
+the display tokens (each character once, continuation pieces ``""``).
 
 Roles: ``template`` (chat-template tokens), ``prompt`` (the user's text),
 ``reasoning`` and ``output`` (the two target spans), ``other`` (target tokens in
 neither span, e.g. ``<think>`` tags).
-
-Displayed tokens (:func:`display_tokens`, ``Sequence.tokens`` and so
-``Trace.tokens``): each character is shown once, on the first token that holds
-any of its bytes; the other pieces of a character split over several byte-level
-tokens are *continuations*, shown as the empty string :data:`CONTINUATION`
-(``" 東京"`` -> ``' 東' '' '' '京' ''``), so ``"".join(tokens)`` is the text.
 
 Span selection (``output=`` / ``reasoning=``), always relative to the target:
 
@@ -61,13 +39,12 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from .chat import format_prompt, user_contents
 from .errors import SpanError
+from .tokens import _check_ids, _encode, decode_with_offsets, display_tokens, tokenize_in_context
 
+#: Roles a position can have.
 ROLES = ("template", "prompt", "reasoning", "output", "other")
-#: How :func:`display_tokens` shows a continuation piece of a multi-byte character.
-CONTINUATION = ""
-#: Message roles accepted by ``messages=``.
-MESSAGE_ROLES = ("system", "user", "assistant")
 
 
 @dataclass(frozen=True)
@@ -130,228 +107,6 @@ def as_select(spec: SpanSpec, what: str) -> Select | str | None:
 
 def _is_index(x: Any) -> bool:
     return x is None or (isinstance(x, int) and not isinstance(x, bool))
-
-
-def chat_messages(
-    prompt: str | None, messages: Any = None, system: str | None = None
-) -> list[dict[str, str]] | None:
-    """The chat turns to format (``None``: a plain ``prompt`` without ``system``), checked.
-
-    ``prompt`` alone is one user turn; ``system=`` adds a system turn before it;
-    ``messages`` are used as given (each ``{"role": "system"|"user"|"assistant",
-    "content": str}``, the last one the user's).
-    """
-    if messages is not None:
-        if prompt is not None:
-            raise SpanError(
-                "pass either prompt= or messages=, not both (put the prompt in the last user message)"
-            )
-        if system is not None:
-            raise SpanError(
-                "pass the system prompt either as system= (with prompt=) or as the first of messages= "
-                "({'role': 'system', 'content': ...}), not both"
-            )
-        if not isinstance(messages, (list, tuple)) or not messages:
-            raise SpanError(
-                "messages= must be a non-empty list of {'role': 'system'|'user'|'assistant', 'content': str}"
-            )
-        out = []
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or m.get("role") not in MESSAGE_ROLES:
-                raise SpanError(
-                    f"messages[{i}] needs a role of 'system', 'user' or 'assistant', got "
-                    f"{(m.get('role') if isinstance(m, dict) else m)!r}"
-                )
-            if not isinstance(m.get("content"), str):
-                raise SpanError(f"messages[{i}] ({m['role']}) needs a 'content' string")
-            out.append({"role": m["role"], "content": m["content"]})
-        if out[-1]["role"] != "user":
-            raise SpanError(
-                "the last message must be the user's (the target is the assistant's reply to it); "
-                "pass the assistant's reply as target="
-            )
-        if not any(m["content"].strip() for m in out):
-            raise SpanError("every message is empty; pass the question or instruction text to attribute to")
-        return out
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise SpanError("the prompt is empty; pass the question or instruction text to attribute to")
-    if system is None:
-        return None
-    if not isinstance(system, str) or not system.strip():
-        raise SpanError("the system prompt is empty; pass its text, or leave system= out")
-    return [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
-
-
-def format_prompt(
-    tokenizer: Any,
-    prompt: str | None,
-    chat_template: bool | None,
-    *,
-    messages: Any = None,
-    system: str | None = None,
-) -> tuple[str, bool]:
-    """The prompt text as the model sees it, and whether special tokens are added by encoding."""
-    turns = chat_messages(prompt, messages, system)
-    has_template = getattr(tokenizer, "chat_template", None) is not None
-    if turns is not None and system is not None and messages is None:
-        given = "system="
-    else:
-        given = "messages="
-    if turns is not None and not has_template:
-        raise SpanError(
-            f"{given} needs a chat template and this tokenizer has no chat template; pass the text as "
-            "the model sees it as prompt= instead"
-        )
-    if turns is not None and chat_template is not None and not chat_template:
-        raise SpanError(f"{given} is formatted with the chat template; drop chat_template=False")
-    use = has_template if chat_template is None else bool(chat_template)
-    if use and not has_template:
-        raise SpanError("this tokenizer has no chat template; pass chat_template=False")
-    if use:
-        turns = turns or [{"role": "user", "content": prompt}]
-        try:
-            text = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
-        except Exception as exc:  # jinja raises its own errors, e.g. "system role not supported"
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise SpanError(
-                f"the chat template refused these messages ({first[:120]}); change the roles or "
-                "pass a plain prompt="
-            ) from None
-        return text, False
-    return prompt, True
-
-
-def _contents(prompt: str | None, messages: Any, system: str | None) -> list[str]:
-    turns = chat_messages(prompt, messages, system)
-    return [prompt] if turns is None else [m["content"] for m in turns]
-
-
-def _encode(tokenizer: Any, text: str, special: bool) -> tuple[list[int], list[tuple[int, int]]]:
-    try:
-        enc = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
-    except (TypeError, UnicodeError, ValueError) as exc:
-        raise SpanError(
-            f"the text cannot be tokenised ({type(exc).__name__}); remove invalid unicode such as "
-            "lone surrogates"
-        ) from None
-    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-
-
-def tokenize_in_context(
-    tokenizer: Any, formatted: str, special: bool, target: str
-) -> tuple[list[int], list[tuple[int, int]], int]:
-    """Ids and char offsets of ``formatted + target`` and the prompt length in tokens.
-
-    The prompt keeps the ids it has on its own.  Where its last token would swallow
-    the target's leading whitespace (``"...assistant\\n" + "\\n\\nParis."``), that
-    whitespace is tokenised on its own and the rest of the target in context.
-    """
-    if not target:
-        raise SpanError("the target is empty; pass the text to attribute, or target=None to generate")
-    if not target.strip():
-        raise SpanError(
-            "the target is blank (only whitespace); pass the text to attribute, or target=None to generate"
-        )
-    prompt_ids, prompt_offsets = _encode(tokenizer, formatted, special)
-    ids, offsets = _encode(tokenizer, formatted + target, special)
-    p = len(prompt_ids)
-    if ids[:p] != prompt_ids:
-        base = len(formatted)
-        j = next((i for i, (s, _) in enumerate(offsets) if s >= base), len(ids))
-        head = target[: (offsets[j][0] - base) if j < len(ids) else len(target)]
-        if head.strip():
-            raise SpanError(
-                f"the prompt and the target merge into one token at their boundary (the prompt ends "
-                f"{formatted[-12:]!r}, the target starts {target[:12]!r}); end the prompt with a space "
-                "or newline, or start the target with one"
-            )
-        head_ids, head_offsets = _encode(tokenizer, head, False) if head else ([], [])
-        ids = prompt_ids + head_ids + ids[j:]
-        offsets = prompt_offsets + [(s + base, e + base) for s, e in head_offsets] + offsets[j:]
-    if len(ids) == p:
-        raise SpanError("the target produced no tokens; pass a non-empty target")
-    decoded = tokenizer.decode(ids[p:], skip_special_tokens=False)
-    if decoded != target:
-        raise SpanError(
-            f"the target does not round-trip through the tokenizer (decodes to {decoded[:60]!r}); "
-            "normalise its whitespace/unicode or pass text exactly as the model writes it"
-        )
-    return ids, offsets, p
-
-
-#: Left context (tokens) re-decoded with each window, so that decoders that treat a
-#: sequence's first token specially (sentencepiece's leading space) cancel out.
-_DECODE_CONTEXT = 4
-#: A character is at most 4 UTF-8 bytes; a piece that stays incomplete longer is invalid
-#: UTF-8 the model wrote, shown as U+FFFD like ``decode`` does.
-_MAX_PENDING = 8
-_FFFD = "\ufffd"
-
-
-def decode_with_offsets(tokenizer: Any, ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
-    """The text of ``ids`` and, per token, the half-open range of characters it touches.
-
-    Incremental decoding: ``started[i]``, the number of characters begun by ``ids[:i+1]``,
-    is the length of their decoded text, a trailing run of U+FFFD (what decoders emit for
-    an incomplete character: one per run or one per byte) counting as one; it is computed
-    on a short window after the last complete character.  The text is ``decode(ids)``,
-    except that a character cut at the end is one U+FFFD.  Token ``i``
-    touches characters ``[started[i-1], started[i])``, and one more on the left when it
-    continues a character an earlier token began (the convention of fast tokenizers'
-    offsets).  A token holding only continuation bytes gets ``(c, c + 1)`` of that
-    character; one that decodes to nothing gets an empty range.
-    """
-    ids = [int(i) for i in ids]
-
-    def dec(part: list[int]) -> str:
-        return tokenizer.decode(part, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-    parts: list[str] = []
-    committed = 0  # characters of the complete text so far
-    c = 0  # ids[:c] decode to exactly those characters
-    offsets: list[tuple[int, int]] = []
-    prev_started, prev_incomplete = 0, False
-    head_key, head, new = None, "", ""
-    for i in range(len(ids)):
-        w = max(0, c - _DECODE_CONTEXT)
-        if head_key != (w, c):
-            head_key, head = (w, c), dec(ids[w:c])
-        full = dec(ids[w : i + 1])
-        new = full[len(head) :]
-        if new.endswith(_FFFD):  # one character begun (decoders emit one U+FFFD per byte or per run)
-            new = new.rstrip(_FFFD) + _FFFD
-        started = committed + len(new)
-        a = prev_started - 1 if prev_incomplete else prev_started
-        offsets.append((min(a, started), max(a, started)))
-        incomplete = new.endswith(_FFFD) and i + 1 - c < _MAX_PENDING
-        if not incomplete:
-            parts.append(new)
-            committed, c = started, i + 1
-        prev_started, prev_incomplete = started, incomplete
-    if c < len(ids):  # cut inside a character: keep its U+FFFD, as decode does
-        parts.append(new)
-    return "".join(parts), offsets
-
-
-def display_tokens(tokenizer: Any, ids: list[int]) -> list[str]:
-    """The tokens of ``ids`` as shown to a user: each character once, on its first piece.
-
-    A character split over several byte-level tokens (``" 東"`` = ``'Ġæ' 'Ŀ' '±'``) is
-    shown on the first token holding any of its bytes; the other pieces are
-    continuations, shown as :data:`CONTINUATION` (the empty string), so
-    ``"".join(display_tokens(tok, ids)) == tok.decode(ids)``.  Whole tokens, special
-    tokens included, are shown as they decode.
-    """
-    text, offsets = decode_with_offsets(tokenizer, ids)
-    return _shown_once(text, offsets)
-
-
-def _shown_once(text: str, offsets: list[tuple[int, int]]) -> list[str]:
-    out, shown = [], 0
-    for a, b in offsets:
-        out.append(text[max(a, shown) : b] if b > shown else CONTINUATION)
-        shown = max(shown, b)
-    return out
 
 
 def _find_all(target: str, sel: Select) -> list[tuple[int, int]]:
@@ -534,7 +289,7 @@ def build_sequence(
             f"the output span (target tokens {out[0] - p}:{out[1] - p}) must come after the reasoning "
             f"span (target tokens {rea[0] - p}:{rea[1] - p})"
         )
-    user, marked = _user_prompt_range(formatted, _contents(prompt, messages, system), offsets[:p])
+    user, marked = _user_prompt_range(formatted, user_contents(prompt, messages, system), offsets[:p])
     roles = ["template"] * p
     for i in marked:
         roles[i] = "prompt"
@@ -554,20 +309,6 @@ def build_sequence(
         output=out,
         reasoning=rea,
     )
-
-
-def _check_ids(tokenizer: Any, ids: Any) -> list[int]:
-    try:
-        out = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
-    except (TypeError, ValueError):
-        raise SpanError("target_ids must be a list of token ids (integers)") from None
-    if not out:
-        raise SpanError("target_ids is empty; pass the ids to attribute, or target=None to generate")
-    vocab = len(tokenizer)
-    bad = [i for i in out if not 0 <= i < vocab]
-    if bad:
-        raise SpanError(f"target_ids has ids outside the tokenizer's vocabulary 0..{vocab - 1}: {bad[:5]}")
-    return out
 
 
 def _char_start(pos: int, offsets: list[tuple[int, int]], base: int) -> int:

@@ -13,8 +13,9 @@ import torch
 import ftlens
 from ftlens import Select, SpanError
 from ftlens.models import default_tokenizer
-from ftlens import spans
-from ftlens.spans import build_sequence, format_prompt
+from ftlens import tokens
+from ftlens.chat import format_prompt
+from ftlens.spans import build_sequence
 
 PROMPT = "Where is the key? It is under the mat."
 
@@ -147,7 +148,7 @@ def test_a_word_split_across_prompt_and_target_is_still_refused(tok):
 @pytest.mark.parametrize("text", [" 東京です", " Ça va.", " naïve café 😀!"])
 def test_display_tokens_show_each_character_once(tok, text):
     ids = tok(text, add_special_tokens=False).input_ids
-    shown = spans.display_tokens(tok, ids)
+    shown = tokens.display_tokens(tok, ids)
     assert len(shown) == len(ids)
     assert "".join(shown) == text  # no character repeated, none lost
     assert shown[0] != ""  # a character is shown on its first piece
@@ -166,7 +167,7 @@ def test_display_tokens_with_byte_fallback_pieces_show_each_character_once():
     gemma = AutoTokenizer.from_pretrained(str(models._bundled_model_dir(models._GEMMA3)))
     text = " 𝔘𓀀 ok"
     ids = gemma(text, add_special_tokens=False).input_ids
-    shown = spans.display_tokens(gemma, ids)
+    shown = tokens.display_tokens(gemma, ids)
     assert "".join(shown) == text and len(shown) == len(ids)
     assert shown.count("") == 6  # two 4-byte characters: 3 continuation pieces each
     seq = build_sequence(gemma, "Q", target_ids=ids[:-3], output=(0, None), reasoning=None, chat_template=False)

@@ -11,7 +11,8 @@ from jaxtyping import Int
 from torch import Tensor
 
 from ..generation import generate
-from ..spans import Sequence, build_sequence, format_prompt
+from ..chat import format_prompt
+from ..spans import Sequence, build_sequence
 
 
 @dataclass
