@@ -11,11 +11,15 @@ teacher-forced log-prob (answer span only):
 
     drop(S) = sum_{t in O} log p(x_t | x_<t) - the same with S's tokens replaced
 
-Three step weightings, each ranks the same steps:
+Five step weightings, each ranks the same steps:
 
-- ``graph``: the step graph's ``relayed[S]`` (the answer's mass passing through ``S``);
+- ``graph``: the step graph's ``relayed[S]`` (the answer's mass passing through ``S``, over
+  every path: directly from the answer and through later steps);
+- ``graph-direct``: the answer's direct edge ``W[A, S]`` alone (a diagnostic: teacher-forced
+  deletion keeps the later steps' tokens, so it cannot remove the paths through them);
 - ``token-recursion``: a flashtrace trace with ``hops=2``: ``sum_k sum_{s in S} mu_k[s]``
   (``Trace.relayed_mass()``, the pending mass each hop hands on);
+- ``recursion-hop0``: ``sum_{s in S} mu_0[s]`` only (the answer's own first pass: the direct part);
 - ``rollout``: attention rollout (ftlens.eval.baselines), mean over the answer rows, summed over
   ``S``'s tokens.
 
@@ -44,7 +48,7 @@ from ftlens.eval.loading import load_model_for
 from ftlens.eval.scoring import default_fill, target_logprobs
 from ftlens.stepgraph import step_graph
 
-WEIGHTINGS = ("graph", "token-recursion", "rollout")
+WEIGHTINGS = ("graph", "graph-direct", "token-recursion", "recursion-hop0", "rollout")
 TASKS = ("twohop", "arith", "vartrack", "needle_multivalue")
 METRICS = ("drop_top", "drop_random", "drop_low", "drop_mean", "top_minus_random", "top_minus_low", "spearman")
 
@@ -126,15 +130,18 @@ def step_drops(model, seq, steps: list[tuple[int, int]], fill: int) -> list[floa
 
 
 def weightings(model, ex, seq, g, steps: list[tuple[int, int]], node_ids: list[int], hops: int) -> dict:
-    """``name -> per-step weights`` for the three weightings."""
+    """``name -> per-step weights`` for every weighting of :data:`WEIGHTINGS`."""
     tr = ftlens.trace(model, ex["prompt"], ex["target"], method="flashtrace", hops=hops)
     if list(tr.ids) != seq.ids.tolist():
         raise RuntimeError("trace ids differ from the evaluation sequence")
-    mu = tr.relayed_mass().sum(0)
+    rm = tr.relayed_mass()
+    mu, mu0 = rm.sum(0), rm[0]
     ro = B.rollout(model, seq)
     return {
         "graph": [float(g.relayed[i]) for i in node_ids],
+        "graph-direct": [g.edge(g.answer, i) for i in node_ids],
         "token-recursion": [float(mu[a:b].sum()) for a, b in steps],
+        "recursion-hop0": [float(mu0[a:b].sum()) for a, b in steps],
         "rollout": [float(ro[a:b].sum()) for a, b in steps],
     }
 
@@ -230,6 +237,12 @@ def report(run, rows, summary, elapsed, fill, tok) -> str:
         [d["task"], d["weighting"], d["n"], f"{d['steps_per_example']:.1f}", _ci(d, "drop_top"), _ci(d, "drop_random"),
          _ci(d, "drop_low"), _ci(d, "drop_mean"), _ci(d, "top_minus_random"), _ci(d, "top_minus_low"),
          _ci(d, "spearman"), d["spearman_n"]] for d in summary]))
+    tasks = list(dict.fromkeys(d["task"] for d in summary))
+    by = {(d["task"], d["weighting"]): d for d in summary}
+    for metric, title in (("spearman", "Spearman(weights, drops), by task"),
+                          ("top_minus_random", "Drop of the top step minus a random step's (nats), by task")):
+        md += ["", f"## {title}", "", S.markdown_table(["weighting"] + tasks, [
+            [w] + [_ci(by[(t, w)], metric) if (t, w) in by else "-" for t in tasks] for w in WEIGHTINGS])]
     md += ["", "## Target checks (graph weighting)", "",
            S.markdown_table(["target", "value", "status"], checks(summary)), ""]
     return "\n".join(md) + "\n"
