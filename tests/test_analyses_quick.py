@@ -22,7 +22,7 @@ def _run(script: str, out: Path, *extra: str) -> None:
 
 
 @pytest.mark.parametrize("script", ["faithfulness.py", "head_study.py", "hops.py", "step_causal.py",
-                                    "recovery_settings.py"])
+                                    "recovery_settings.py", "head_atlas.py"])
 def test_help(script):
     r = subprocess.run([sys.executable, str(ROOT / "analyses" / script), "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--quick" in r.stdout
@@ -95,7 +95,7 @@ def test_step_causal_quick(tmp_path):
     """Every example gets one row per weighting; the drops are per-step and the picks are among them."""
     _run("step_causal.py", tmp_path)
     rows = list(csv.DictReader((tmp_path / "step_causal.csv").open()))
-    assert {r["weighting"] for r in rows} == {"graph", "token-recursion", "rollout"}
+    assert {r["weighting"] for r in rows} == {"graph", "graph-direct", "token-recursion", "recursion-hop0", "rollout"}
     for r in rows:
         drops = json.loads(r["drops"])
         assert len(drops) == len(json.loads(r["weights"])) == int(r["n_steps"]) >= 2
@@ -128,3 +128,18 @@ def test_recovery_settings_quick(tmp_path):
         shares = [float(r[c]) for c in ("to_template", "to_question", "to_evidence", "to_punct")]
         assert sum(shares) <= 1.0 + 1e-6
     assert "Command: `python analyses/recovery_settings.py" in (tmp_path / "recovery_settings.md").read_text()
+
+
+def test_head_atlas_quick(tmp_path):
+    """The head atlas: study vs retrieval heads, each ablated against random heads."""
+    _run("head_atlas.py", tmp_path, "--work", str(tmp_path / "work"))
+    md = (tmp_path / "head_atlas_tiny.md").read_text()
+    assert "Command: `python analyses/head_atlas.py" in md and "## Agreement" in md
+    from ftlens.study import Study
+
+    study = Study.load(tmp_path / "head_atlas_tiny")
+    assert {r["set"] for r in study.causal_summary} == {"study", "study-prompt", "retrieval", "dla", "random"}
+    assert {r["key"] for r in study.ablation} == {r["key"] for r in study.examples} and len(study.examples) == 2
+    retr = list(csv.DictReader((tmp_path / "head_atlas_tiny_retrieval.csv").open()))
+    assert len(retr) == 8 and all(0.0 <= float(r["retrieval_score"]) <= 1.0 for r in retr)
+    assert (tmp_path / "head_atlas_tiny.png").stat().st_size > 0

@@ -15,6 +15,7 @@ import pytest
 from ftlens.errors import SpanError
 from ftlens.study import merge, run_study, shard_from_env
 from ftlens.study.aggregate import causal_summary, head_summary
+from ftlens.study.extract import pack, unpack
 from ftlens.study.records import select_shard
 from ftlens.study.stats import mean_ci, spearman, split_half, t_quantile
 from ftlens.study.tables import SCHEMA, read_table, same_rows, write_table
@@ -100,6 +101,13 @@ def test_causal_summary_pools_random_draws_per_example_first():
     assert got["study"]["diff_ci_high"] - 3.5 == pytest.approx(12.706205 * math.sqrt(4.5) / math.sqrt(2), abs=1e-4)
 
 
+def test_packed_arrays_round_trip_exactly():
+    vals = [0.1, -3.5e-7, 12345.678, 0.0]
+    f32 = [float(x) for x in __import__("numpy").asarray(vals, dtype="float32")]
+    assert unpack(pack(vals, "f32")) == f32 and unpack(pack([1, 49151, 7], "i32")) == [1, 49151, 7]
+    assert unpack([1.0, 2.0]) == [1.0, 2.0] and unpack(None) is None
+
+
 def test_tables_round_trip_as_parquet_and_csv(tmp_path):
     rows = [{"measure": "prompt", "layer": 0, "head": 1, "n": 3, "mean": 0.25, "sd": float("nan"), "ci_low": None,
              "ci_high": 1.0, "topk_freq": 0.5, "rank": 1}]
@@ -146,8 +154,10 @@ def test_extraction_keeps_the_head_study_and_matches_the_trace(tiny_llama, tmp_p
     top = tr.top_heads(3)
     assert [(t[0], t[1]) for t in ex["top_heads"][:3]] == [(h.layer, h.head) for h in top]
     assert [t[2] for t in ex["top_heads"][:3]] == pytest.approx([h.score for h in top], rel=1e-5)
-    prompt, evidence = ex["heads"]["prompt"], ex["heads"]["evidence"]
-    segs = ex["segment_heads"]
+    prompt, evidence = unpack(ex["heads"]["prompt"]), unpack(ex["heads"]["evidence"])
+    segs = {name: unpack(v) for name, v in ex["segment_heads"].items()}
+    assert unpack(ex["ids"]) == tr.ids and unpack(ex["scores"]) == pytest.approx(tr.prompt_scores.tolist(), rel=1e-3,
+                                                                                 abs=1e-6)
     for i in range(len(prompt)):
         assert segs["context"][i] + segs["question"][i] == pytest.approx(prompt[i], rel=1e-5, abs=1e-9)
         assert evidence[i] <= prompt[i] + 1e-9
@@ -170,7 +180,9 @@ def test_resume_keeps_done_examples_and_retraces_stale_ones(tiny_llama, tmp_path
     assert third.meta["timings"]["traced"] == 1 and third.meta["stale"] == {"r1": ["target"]}
     f = tmp_path / "examples" / "r2.json"  # a file whose ids no longer match its hash is stale too
     d = json.loads(f.read_text())
-    d["ids"][3] += 1
+    ids = unpack(d["ids"])
+    ids[3] += 1
+    d["ids"] = pack(ids, "i32")
     f.write_text(json.dumps(d))
     fourth = run_study(tiny_llama, recs, out=tmp_path, causal=False, resume=True)
     assert fourth.meta["stale"] == {"r2": ["input ids"]} and same_rows(fourth.head_summary, third.head_summary)

@@ -17,16 +17,19 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
-from .extract import unruns
+from .extract import unpack, unruns
 from .stats import mean_ci, split_half, top_k
 
 __all__ = ["measures", "per_example_tables", "head_summary", "stability", "causal_summary", "rankings"]
 
 
 def _vectors(ex: dict[str, Any]) -> dict[str, list[float]]:
-    out = {m: v for m, v in ex["heads"].items() if v is not None}
-    out.update({f"segment:{n}": v for n, v in ex.get("segment_heads", {}).items()})
-    return out
+    """Every measure of one example as a flat list (cached on the dict as ``_vectors``)."""
+    if "_vectors" not in ex:
+        out = {m: unpack(v) for m, v in ex["heads"].items() if v is not None}
+        out.update({f"segment:{n}": unpack(v) for n, v in ex.get("segment_heads", {}).items()})
+        ex["_vectors"] = out
+    return ex["_vectors"]
 
 
 def measures(examples: Iterable[dict[str, Any]]) -> list[str]:
@@ -48,22 +51,22 @@ def per_example_tables(examples: list[dict[str, Any]]) -> dict[str, list[dict[st
         n_prompt = len(ex["tokens"])
         ev = ex.get("evidence")
         ex_rows.append({
-            "key": ex["key"], "id": ex["id"], "line": ex["line"], "model": ex["model"], "n_positions": len(ex["ids"]),
+            "key": ex["key"], "id": ex["id"], "line": ex["line"], "model": ex["model"], "n_positions": len(unpack(ex["ids"])),
             "n_prompt": n_prompt, "output_start": ex["output"][0], "output_end": ex["output"][1],
             "prompt_mass": ex["prompt_mass"], "evidence_mass": ex.get("evidence_mass"),
             "n_evidence": None if ev is None else len(unruns(ev)),
             "top_heads": ";".join(f"L{l}H{h}" for l, h, _ in ex["top_heads"]), "trace_s": ex["trace_s"],
         })
-        hv = ex["heads"]
+        hv = _vectors(ex)
         for i, p in enumerate(hv["prompt"]):
             heads.append({"key": ex["key"], "line": ex["line"], "layer": i // H, "head": i % H, "prompt": p,
-                          "evidence": None if hv.get("evidence") is None else hv["evidence"][i],
-                          "dla": None if hv.get("dla") is None else hv["dla"][i]})
-        for name, v in ex.get("segment_heads", {}).items():
+                          "evidence": hv["evidence"][i] if "evidence" in hv else None,
+                          "dla": hv["dla"][i] if "dla" in hv else None})
+        for name in ex.get("segment_heads", {}):
             segs += [{"key": ex["key"], "line": ex["line"], "segment": name, "layer": i // H, "head": i % H,
-                      "value": x} for i, x in enumerate(v)]
+                      "value": x} for i, x in enumerate(hv[f"segment:{name}"])]
         for r in ex.get("rows", []):
-            vals = [float(f"{q * r['scale'] / 999:.4g}") for q in r["q"]]
+            vals = [float(f"{q * r['scale'] / 999:.4g}") for q in unpack(r["q"])]
             rows.append({"key": ex["key"], "line": ex["line"], "layer": r["layer"], "head": r["head"],
                          "scale": r["scale"], "tokens": json.dumps(ex["tokens"], ensure_ascii=False),
                          "values": json.dumps(vals)})

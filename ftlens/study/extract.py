@@ -11,35 +11,51 @@ the ranking of ``Trace.top_heads``) and the prompt positions ``P``, the example 
   logits (:func:`ftlens.residual.direct_logit_attribution`), when ``dla=True``;
 - ``segments[name]``: the sum over each prompt segment's tokens;
 
-plus the top heads by ``heads["prompt"]``, the prompt tokens and their final scores, and, for
-the ``rows`` top heads, ``R[l, h, P]`` (evidence, segments and prompt positions as index runs ``[[a, b), ...]``)
-quantised to integers ``round(999 * v / max|v|)`` with
-its scale (enough for a token heatmap), and the token ids (for the causal pass).
-Values are stored as the shortest decimals of their float32 values (heads) or to 4
-significant digits (scores).
+plus the top heads by ``heads["prompt"]``, the prompt tokens and their final scores, for the
+``rows`` top heads ``R[l, h, P]`` quantised to integers ``round(999 * v / max|v|)`` with its
+scale (enough for a token heatmap), and the token ids (for the causal pass).  Evidence,
+segments and prompt positions are index runs ``[[a, b), ...]``.  Arrays are packed
+(:func:`pack`) as ``"<code>:<base64>"`` little-endian bytes: heads as exact float32, scores as
+float16, token rows as int16, ids as int32; :func:`unpack` reads them (plain lists pass
+through).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import base64
+
 import numpy as np
 import torch
 
 from .records import StudyRecord, prompt_regions
 
-__all__ = ["extract", "runs", "unruns", "FORMAT"]
+__all__ = ["extract", "runs", "unruns", "pack", "unpack", "FORMAT"]
 
 FORMAT = "ftlens-study-example"
 
 
-def _f32(t: torch.Tensor) -> list[float]:
-    """Shortest decimals that read back as the same float32 values."""
-    return [float(np.format_float_scientific(x, unique=True)) for x in t.detach().float().flatten().numpy()]
+_CODES = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2"), "i32": np.dtype("<i4"), "i16": np.dtype("<i2")}
 
 
-def _sig4(t: torch.Tensor) -> list[float]:
-    return [float(f"{x:.4g}") for x in t.detach().float().flatten().tolist()]
+def pack(values: Any, code: str) -> str:
+    """``"<code>:<base64>"``: the values as little-endian ``code`` (f32, f16, i32, i16) bytes."""
+    arr = np.asarray(values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values)
+    return f"{code}:" + base64.b64encode(arr.astype(_CODES[code]).ravel().tobytes()).decode("ascii")
+
+
+def unpack(x: Any) -> Any:
+    """Inverse of :func:`pack` as a list of Python floats/ints (a list or None passes through)."""
+    if not isinstance(x, str):
+        return x
+    code, _, data = x.partition(":")
+    arr = np.frombuffer(base64.b64decode(data), dtype=_CODES[code])
+    return arr.astype(np.float64 if code[0] == "f" else np.int64).tolist()
+
+
+def _f32(t: torch.Tensor) -> str:
+    return pack(t.detach().float().flatten(), "f32")
 
 
 def runs(idx: list[int]) -> list[list[int]]:
@@ -65,7 +81,7 @@ def extract(model: Any, tr: Any, rec: StudyRecord, *, chat_template: bool | None
     evidence, segments = prompt_regions(model.tokenizer, rec, pp, chat_template)
     routed = tr.head_attribution_routed[:, :, pp].float()  # [L, H, P]
     per_head = routed.sum(-1)
-    heads: dict[str, list[float] | None] = {"prompt": _f32(per_head)}
+    heads: dict[str, str | None] = {"prompt": _f32(per_head)}
     heads["evidence"] = _f32(routed[:, :, evidence].sum(-1)) if evidence is not None else None
     heads["dla"] = None
     if dla:
@@ -74,13 +90,13 @@ def extract(model: Any, tr: Any, rec: StudyRecord, *, chat_template: bool | None
         heads["dla"] = _f32(direct_logit_attribution(model, tr).heads)
     flat = per_head.flatten()
     order = torch.argsort(flat, descending=True)
-    top_heads = [[int(i) // H, int(i) % H, heads["prompt"][int(i)]] for i in order[:top]]
+    top_heads = [[int(i) // H, int(i) % H, float(flat[int(i)])] for i in order[:top]]
     token_rows = []
     for i in order[:rows].tolist():
         v = routed[i // H, i % H]
         scale = float(v.abs().max())
-        q = torch.round(999 * v / scale).to(torch.int64).tolist() if scale > 0 else [0] * len(pp)
-        token_rows.append({"layer": i // H, "head": i % H, "scale": scale, "q": q})
+        q = torch.round(999 * v / scale) if scale > 0 else torch.zeros(len(pp))
+        token_rows.append({"layer": i // H, "head": i % H, "scale": scale, "q": pack(q, "i16")})
     return {
         "format": FORMAT,
         "version": 1,
@@ -90,11 +106,11 @@ def extract(model: Any, tr: Any, rec: StudyRecord, *, chat_template: bool | None
         "model": tr.model,
         "n_layers": L,
         "n_heads": H,
-        "ids": [int(x) for x in tr.ids],
+        "ids": pack(list(tr.ids), "i32"),
         "output": list(tr.output),
         "prompt_pos": runs(pp),
         "tokens": tr.prompt_tokens,
-        "scores": _sig4(tr.prompt_scores),
+        "scores": pack(tr.prompt_scores.float(), "f16"),
         "prompt_mass": float(tr.prompt_mass),
         "evidence": None if evidence is None else runs(evidence),
         "evidence_mass": float(tr.prompt_scores[evidence].sum()) if evidence else (0.0 if evidence is not None else None),

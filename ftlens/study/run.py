@@ -35,7 +35,7 @@ from ..errors import FtlensError, ModelLoadError, SpanError
 from ..fileio import atomic_write_text
 from . import aggregate as agg
 from .causal import ablate_example
-from .extract import FORMAT, extract
+from .extract import FORMAT, extract, unpack
 from .records import StudyRecord, read_study_records, select_shard
 from .shard import shard_from_env
 from .tables import SCHEMA, read_table, write_table
@@ -140,7 +140,7 @@ def _stale(stored: dict[str, Any], request: dict[str, Any]) -> list[str]:
         return ["no record of its settings"]
     keys = list(request) + [k for k in have if k not in request and k != "ids_sha256"]
     reasons = [batch._LABELS.get(k, k) for k in keys if have.get(k) != request.get(k)]
-    if have.get("ids_sha256") != batch.ids_sha256(stored.get("ids", [])):
+    if have.get("ids_sha256") != batch.ids_sha256(unpack(stored.get("ids", []))):
         reasons.append("input ids")
     return reasons
 
@@ -299,7 +299,7 @@ def run_study(
                     row.update(status="failed", error=" ".join(str(exc).split()))
                 else:
                     n_traced += 1
-                    ex["request"] = {**request, "ids_sha256": batch.ids_sha256(ex["ids"])}
+                    ex["request"] = {**request, "ids_sha256": batch.ids_sha256(unpack(ex["ids"]))}
                     if path is not None:
                         atomic_write_text(path, json.dumps(ex, ensure_ascii=False, separators=(",", ":")))
                     examples.append(ex)
@@ -339,13 +339,13 @@ def run_study(
             bar = tqdm(total=len(mine), desc=f"ablate {i}/{n}", unit="rec")
         for ex in mine:
             creq = {"head_sets": head_sets, "ks": ks, "draws": draws, "seed": seed, "modes": ["zero", "mean"],
-                    "ids_sha256": batch.ids_sha256(ex["ids"])}
+                    "ids_sha256": batch.ids_sha256(unpack(ex["ids"]))}
             cpath = folder / "examples" / f"{ex['key']}.causal.json" if folder is not None else None
             done = _load_json(cpath) if (cpath is not None and cpath.exists()) else None
             if done is not None and done.get("request") == creq:
                 got = done["rows"]
             else:
-                got = ablate_example(model, ex["ids"], tuple(ex["output"]),
+                got = ablate_example(model, unpack(ex["ids"]), tuple(ex["output"]),
                                      {name: [tuple(h) for h in v] for name, v in head_sets.items()},
                                      ks=ks, draws=draws, seed=seed, key=ex["key"])
                 got = [{"key": ex["key"], "line": ex["line"], **g} for g in got]
@@ -416,7 +416,7 @@ def merge(paths: Sequence[str | Path] | str | Path, out: str | Path | None = Non
         if c is None:
             continue
         req = c.get("request", {})
-        if req.get("head_sets") == head_sets and req.get("ids_sha256") == batch.ids_sha256(by_key[key]["ids"]):
+        if req.get("head_sets") == head_sets and req.get("ids_sha256") == batch.ids_sha256(unpack(by_key[key]["ids"])):
             rows += c["rows"]
         else:
             stale.append(key)
