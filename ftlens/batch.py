@@ -208,9 +208,15 @@ def stale_reasons(tr: Trace, request: dict[str, Any]) -> list[str]:
     have = tr.params.get("request")
     if not isinstance(have, dict):
         return ["no record of its settings (written by the API, by hand or by an older ftlens)"]
+    return request_stale(have, request, tr.ids)
+
+
+def request_stale(have: dict[str, Any], request: dict[str, Any], ids: list[int]) -> list[str]:
+    """Why a stored request ``have`` (with its ``ids_sha256``) differs from ``request`` for the
+    traced ``ids``: the labels of the settings that differ, and ``"input ids"``."""
     keys = list(request) + [k for k in have if k not in request and k != "ids_sha256"]
     reasons = [_LABELS.get(k, k) for k in keys if have.get(k) != request.get(k)]
-    if have.get("ids_sha256") != ids_sha256(tr.ids):
+    if have.get("ids_sha256") != ids_sha256(ids):
         reasons.append("input ids")
     return reasons
 

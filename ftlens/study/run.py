@@ -133,16 +133,12 @@ def _request(settings: dict[str, Any], rec: StudyRecord, max_new_tokens: int, ex
 
 
 def _stale(stored: dict[str, Any], request: dict[str, Any]) -> list[str]:
-    """Why a stored example is not what ``request`` would make: :func:`ftlens.batch.stale_reasons`'
-    rule (same labels) applied to the example's stored request and ids instead of a Trace's."""
+    """Why a stored example is not what ``request`` would make (:func:`ftlens.batch.request_stale`
+    on the example's stored request and ids)."""
     have = stored.get("request")
     if not isinstance(have, dict):
         return ["no record of its settings"]
-    keys = list(request) + [k for k in have if k not in request and k != "ids_sha256"]
-    reasons = [batch._LABELS.get(k, k) for k in keys if have.get(k) != request.get(k)]
-    if have.get("ids_sha256") != batch.ids_sha256(unpack(stored.get("ids", []))):
-        reasons.append("input ids")
-    return reasons
+    return batch.request_stale(have, request, unpack(stored.get("ids", [])))
 
 
 def _load_json(path: Path) -> dict[str, Any] | None:
