@@ -139,10 +139,7 @@ def main(argv=None) -> int:
     model = load_model_for(args.model)
     tok = model.tokenizer
     fill = default_fill(tok)
-    jobs = []
-    for task in args.tasks:
-        length = args.needle_length if task.startswith("needle") else args.chain_length
-        jobs += [(f"{task}@{length}", ex) for ex in run.dataset(task, tok, args.n, length)]
+    jobs = run.task_jobs(args.tasks, tok, args.n, args.chain_length, args.needle_length)
     rows: list[dict] = []
     t_start = time.perf_counter()
     bar = run.progress(jobs, "recovery_settings")

@@ -47,6 +47,7 @@ from ftlens.eval.cases import build_case
 from ftlens.eval.loading import load_model_for
 from ftlens.eval.scoring import default_fill, target_logprobs
 from ftlens.stepgraph import step_graph
+from ftlens.study.stats import spearman
 
 WEIGHTINGS = ("graph", "graph-direct", "token-recursion", "recursion-hop0", "rollout")
 TASKS = ("twohop", "arith", "vartrack", "needle_multivalue")
@@ -73,35 +74,6 @@ def parse(argv=None):
 
 
 # ---------------------------------------------------------------------------- statistics
-def ranks(x: list[float]) -> list[float]:
-    """Ranks 1..n, ties get their average rank."""
-    order = sorted(range(len(x)), key=lambda i: x[i])
-    r = [0.0] * len(x)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            r[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return r
-
-
-def spearman(x: list[float], y: list[float]) -> float:
-    """Pearson correlation of the average ranks; NaN with < 2 points or a constant side."""
-    if len(x) < 2:
-        return float("nan")
-    rx, ry = ranks(x), ranks(y)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    sxx = sum((a - mx) ** 2 for a in rx)
-    syy = sum((b - my) ** 2 for b in ry)
-    if sxx == 0 or syy == 0:
-        return float("nan")
-    return sxy / (sxx * syy) ** 0.5
-
-
 def boot_ci(values, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float, int]:
     """Mean and 95 % percentile-bootstrap interval over the non-NaN values; ``(mean, lo, hi, n)``."""
     v = [float(x) for x in values if x == x]
@@ -255,10 +227,7 @@ def main(argv=None) -> int:
     model = load_model_for(args.model)
     tok = model.tokenizer
     fill = default_fill(tok)
-    jobs = []
-    for task in args.tasks:
-        length = args.needle_length if task.startswith("needle") else args.chain_length
-        jobs += [(f"{task}@{length}", ex) for ex in run.dataset(task, tok, args.n, length)]
+    jobs = run.task_jobs(args.tasks, tok, args.n, args.chain_length, args.needle_length)
     rows: list[dict] = []
     t_start = time.perf_counter()
     bar = run.progress(jobs, "step_causal")

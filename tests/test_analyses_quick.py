@@ -110,9 +110,12 @@ def test_step_causal_quick(tmp_path):
 
 def test_step_causal_spearman_uses_average_ranks():
     sys.path.insert(0, str(ROOT / "analyses"))
-    from step_causal import ranks, spearman
+    from step_causal import spearman  # the study's (ftlens.study.stats), not a copy
 
-    assert ranks([3.0, 1.0, 3.0]) == [2.5, 1.0, 2.5]
+    from ftlens.study.stats import ranks
+
+    assert ranks([3.0, 1.0, 3.0]) == [1.5, 0.0, 1.5]
+    assert spearman([1.0], [2.0]) != spearman([1.0], [2.0])  # one point: NaN
     assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
     assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 1, 1], [1, 2, 3]) != spearman([1, 1, 1], [1, 2, 3])  # constant side: NaN

@@ -118,6 +118,16 @@ class Run:
             write_jsonl(exs, path)
         return exs
 
+    def task_jobs(self, tasks: Sequence[str], tokenizer: Any, n: int, chain_length: int,
+                  needle_length: int) -> list[tuple[str, dict[str, Any]]]:
+        """``(label, example)`` for ``n`` examples of each task (needle tasks at ``needle_length``
+        prompt tokens, the others at ``chain_length``), datasets saved as :meth:`dataset` does."""
+        jobs = []
+        for task in tasks:
+            length = needle_length if task.startswith("needle") else chain_length
+            jobs += [(f"{task}@{length}", ex) for ex in self.dataset(task, tokenizer, n, length)]
+        return jobs
+
     def progress(self, jobs: Iterable, desc: str) -> Any:
         """A progress bar over ``jobs`` (silent with ``--no-progress``)."""
         from tqdm.auto import tqdm

@@ -99,6 +99,8 @@ def spearman(a: Sequence[float | int], b: Sequence[float | int]) -> float:
     """Spearman's rank correlation (Pearson correlation of :func:`ranks`); NaN when constant."""
     if len(a) != len(b):
         raise ValueError("spearman needs two sequences of the same length")
+    if len(a) < 2:
+        return float("nan")
     ra, rb = ranks(a), ranks(b)
     n = len(ra)
     ma, mb = sum(ra) / n, sum(rb) / n
