@@ -54,3 +54,20 @@ def run_cli(capsys, *argv):
     rc = cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return rc, out, err
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a socket connection fails (the list records the attempts)."""
+    import socket
+
+    attempts: list = []
+
+    def refuse(self, *args, **kwargs):
+        attempts.append(args)
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: refuse(None, *a))
+    return attempts

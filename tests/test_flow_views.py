@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 
 import pytest
 import torch
@@ -36,20 +35,6 @@ def trace(tiny_llama):
 @pytest.fixture(scope="module")
 def tokenwise(tiny_llama):
     return ftlens.trace(tiny_llama, NEEDLE_PROMPT, NEEDLE_TARGET, method="ifr-tokenwise")
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    attempts = []
-
-    def refuse(self, *args, **kwargs):
-        attempts.append(args)
-        raise OSError("network disabled in this test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: refuse(None, *a))
-    return attempts
 
 
 def _page_data(html: str) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import socket
 
 import pytest
 import torch
@@ -20,21 +19,6 @@ BUNDLE_MARK = "var CircuitsVis="
 @pytest.fixture(scope="module")
 def trace(tiny_llama):
     return ftlens.trace(tiny_llama, NEEDLE_PROMPT, NEEDLE_TARGET, hops=2)
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to open a socket connection fails the test."""
-    attempts = []
-
-    def refuse(self, *args, **kwargs):
-        attempts.append(args)
-        raise OSError("network disabled in this test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: refuse(None, *a))
-    return attempts
 
 
 def _render_calls(html: str) -> list[str]:
