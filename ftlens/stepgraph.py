@@ -48,7 +48,7 @@ from .pipeline import Captured, model_name, prepare
 from .records import HeadScore, unravel_head
 from .segments import BY, Segment, char_segments, role_runs, split_run
 
-__all__ = ["Node", "Route", "StepGraph", "step_graph", "graph_nodes", "absorb"]
+__all__ = ["Node", "Route", "StepGraph", "step_graph", "graph_nodes", "absorb", "fold_loops", "loop_scale"]
 
 #: Below this, a step is taken to keep all of its mass (it passes nothing on).
 _STUCK = 1e-9
@@ -118,6 +118,21 @@ class StepGraph:
     @property
     def inputs(self) -> list[int]:
         return [i for i, n in enumerate(self.nodes) if n.kind in ("prompt", "template", "other")]
+
+    @property
+    def folded(self) -> Float[Tensor, "vec node"]:
+        """The loop-folded edges ``W'`` (:func:`fold_loops`) the chain and the routes run on."""
+        return fold_loops(self.edges, self.traced)
+
+    @property
+    def inflow(self) -> Float[Tensor, " node"]:
+        """The answer's mass entering each node: 1 for the answer, ``relayed`` for a step,
+        ``absorbed`` for an input segment."""
+        out = torch.zeros(len(self.nodes), dtype=torch.float64)
+        out[self.inputs] = self.absorbed.double()[self.inputs]
+        out[self.steps] = self.relayed.double()[self.steps]
+        out[self.answer] = 1.0
+        return out
 
     def edge(self, x: int | str, y: int | str) -> float:
         """``W[X, Y]``: the share of traced node ``x``'s mass that lands on node ``y``."""
@@ -237,6 +252,24 @@ def _cover(segs: list[Segment], a: int, b: int, role: str, tokens: list[str]) ->
 # ---------------------------------------------------------------------- the chain
 
 
+def loop_scale(edges: Float[Tensor, "vec node"], traced: list[int]) -> Float[Tensor, " vec"]:
+    """Per traced row, the factor that folds its self-loop: ``1 / (1 - W[S, S])`` for a step
+    (0 for a step that keeps all of its mass, which passes nothing on), 1 for the answer (its
+    self mass is reported, not recursed)."""
+    keep = edges.double()[torch.arange(len(traced)), torch.tensor(traced)]
+    scale = torch.where(1.0 - keep > _STUCK, 1.0 / (1.0 - keep).clamp_min(_STUCK), torch.zeros_like(keep))
+    scale[-1] = 1.0
+    return scale
+
+
+def fold_loops(edges: Float[Tensor, "vec node"], traced: list[int]) -> Float[Tensor, "vec node"]:
+    """The loop-folded rows ``W'[X, Y] = W[X, Y] / (1 - W[X, X])`` with ``W'[X, X] = 0`` (the
+    answer's row is only stripped of its self mass), float64."""
+    folded = edges.double() * loop_scale(edges, traced)[:, None]
+    folded[torch.arange(len(traced)), torch.tensor(traced)] = 0.0
+    return folded
+
+
 def absorb(
     edges: Float[Tensor, "vec node"], traced: list[int], inputs: list[int]
 ) -> tuple[Float[Tensor, " node"], Float[Tensor, " node"], float, float]:
@@ -246,27 +279,23 @@ def absorb(
     row of ``traced[i]``.  Steps only point to earlier nodes (causal attention).
     """
     n = edges.shape[1]
-    w = edges.double()
+    folded, scale = fold_loops(edges, traced), loop_scale(edges, traced)
     relayed = torch.zeros(n, dtype=torch.float64)
     absorbed = torch.zeros(n, dtype=torch.float64)
-    ans_row, ans = w[-1], traced[-1]
-    answer_self = float(ans_row[ans])
+    answer_self = float(edges.double()[-1, traced[-1]])
     unresolved = 0.0
     inflow = torch.zeros(n, dtype=torch.float64)
-    inflow[traced[:-1]] = ans_row[traced[:-1]]
-    absorbed[inputs] = ans_row[inputs]
+    inflow[traced[:-1]] = folded[-1, traced[:-1]]
+    absorbed[inputs] = folded[-1, inputs]
     for row in range(len(traced) - 2, -1, -1):  # latest step first: all its inflow is known
         s = traced[row]
         relayed[s] = inflow[s]
-        keep = float(w[row, s])
-        if 1.0 - keep <= _STUCK:
+        if scale[row] == 0:
             unresolved += float(inflow[s])
             continue
-        out = w[row] / (1.0 - keep)
-        out[s] = 0.0
-        absorbed[inputs] += inflow[s] * out[inputs]
-        earlier = [t for t in traced[:row]]
-        inflow[earlier] += inflow[s] * out[earlier]
+        absorbed[inputs] += inflow[s] * folded[row, inputs]
+        earlier = traced[:row]
+        inflow[earlier] += inflow[s] * folded[row, earlier]
     return relayed.float(), absorbed.float(), answer_self, unresolved
 
 
@@ -274,15 +303,7 @@ def top_routes(g: StepGraph, k: int, target: int | None = None, max_pops: int = 
     """Best-first search of the loop-folded DAG from the answer; routes in decreasing mass."""
     inputs = set(g.inputs)
     rows = {node: i for i, node in enumerate(g.traced)}
-    w = g.edges.double()
-    folded = {}
-    for node, i in rows.items():
-        row = w[i].clone()
-        if node != g.answer:
-            keep = float(row[node])
-            row = row / (1.0 - keep) if 1.0 - keep > _STUCK else torch.zeros_like(row)
-        row[node] = 0.0
-        folded[node] = row
+    folded = {node: row for node, row in zip(g.traced, g.folded)}
     heap: list[tuple[float, tuple[int, ...]]] = [(-1.0, (g.answer,))]
     out: list[Route] = []
     pops = 0
@@ -380,10 +401,9 @@ def _token_scores(dist, edges, traced, relayed, nodes, n) -> Tensor:
     """Mass absorbed per input position: the answer's own distribution on inputs plus each
     step's loop-folded distribution times the mass it relays."""
     inputs_end = nodes[traced[0]].start
+    scale = loop_scale(edges, traced)
     out = dist[-1].clone()
     for row, s in enumerate(traced[:-1]):
-        keep = float(edges[row, s])
-        if 1.0 - keep > _STUCK:
-            out += relayed[s] * dist[row] / (1.0 - keep)
+        out += relayed[s] * dist[row] * scale[row]
     out[inputs_end:] = 0.0
     return out.float()

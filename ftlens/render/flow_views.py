@@ -49,27 +49,6 @@ KIND_COLORS = {"prompt": ROLE_COLORS["prompt"], "template": ROLE_COLORS["templat
                "step": ROLE_COLORS["reasoning"], "answer": ROLE_COLORS["output"]}
 
 
-def _folded(g: "StepGraph") -> tuple[Float[Tensor, " node"], Float[Tensor, "vec node"]]:
-    """``(inflow[node], folded[row, node])``: the mass entering each node and the loop-folded
-    rows ``W'`` (self-loop removed and renormalised, as in :func:`ftlens.stepgraph.absorb`)."""
-    from ..stepgraph import _STUCK
-
-    w = g.edges.double()
-    folded = torch.zeros_like(w)
-    inflow = torch.zeros(len(g.nodes), dtype=torch.float64)
-    inflow[g.inputs] = g.absorbed.double()[g.inputs]
-    inflow[g.steps] = g.relayed.double()[g.steps]
-    inflow[g.answer] = 1.0
-    for row, x in enumerate(g.traced):
-        r = w[row].clone()
-        if x != g.answer:
-            keep = float(r[x])
-            r = r / (1.0 - keep) if 1.0 - keep > _STUCK else torch.zeros_like(r)
-        r[x] = 0.0
-        folded[row] = r
-    return inflow, folded
-
-
 def _heads(mat: Float[Tensor, "layer head"], k: int, digits: int) -> list[list[int | float]]:
     """Top-``k`` ``[layer, head, score]`` of a ``[layer, head]`` matrix."""
     flat = mat.flatten()
@@ -91,7 +70,7 @@ def flow_data(g: "StepGraph", *, k_heads: int = 5, k_routes: int = 10, min_flow:
     ``dist``: the ``dist`` row of each traced node, ``inputs``: ``token_scores`` (``digits``
     significant digits), over positions ``[first, end)`` where ``first`` is the first prompt token.
     """
-    inflow, folded = _folded(g)
+    inflow, folded = g.inflow, g.folded
     first = next((i for i, r in enumerate(g.roles) if r == "prompt"), 0)
     rows = {x: r for r, x in enumerate(g.traced)}
     routed = g.edge_heads.double() * g.route_w.double()[:, None, :, None]  # vec node layer head
