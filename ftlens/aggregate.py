@@ -28,10 +28,6 @@ from .ifr import completeness_gap, normalised_shares, mlp_share
 from .records import Shares
 
 
-
-
-
-
 def _bias_total(info: ModelInfo, layer: int, wsum: Tensor) -> Tensor | None:
     b_o = info.b_o[layer]
     return None if b_o is None else wsum[:, None] * b_o.float()[None]
@@ -84,31 +80,51 @@ def span_shares(
     and the bias are weighted by ``w_t s_t`` (method §4.2); ``y`` and ``x`` by ``w_t``.
     Each layer's completeness gap is computed and checked against ``tol`` (``None``: not checked).
     """
+    return span_shares_many(states, info, row_pos, weights[None], threshold, progress, tol)[0]
+
+
+def span_shares_many(
+    states: list[LayerState],
+    info: ModelInfo,
+    row_pos: Tensor,
+    weights: Float[Tensor, "vec row"],
+    threshold: float | None = None,
+    progress: Callable[[int], None] | None = None,
+    tol: float | None = None,
+) -> list[Shares]:
+    """:func:`span_shares` of several virtual targets ``sum_t weights[v, t] * row t`` at once.
+
+    Each target's shares are exactly those of its own span pass (the per-layer formulas act
+    on each row ``v`` separately); batching shares the attention recomputation and the head
+    writes ``u[h, s]`` between them, which the step graph's many small spans need.
+    """
     home = states[0].a.device  # results gather here; layers may sit on other devices (device_map)
     heads, res, bias, mlp, gaps, largest = [], [], [], [], [], []
     for layer, st in enumerate(states):
-        w = weights.float()[None].to(st.b.device)
+        w = weights.float().to(st.b.device)
         wa = w if st.row_scale is None else w * st.row_scale[None]
         y = w @ st.b
         x = w @ st.a
         abar = weighted_attention(st.q, st.k, row_pos.to(st.b.device), wa, info.specs[layer])
         bias_total = _bias_total(info, layer, wa.sum(-1))
-        gap = float(completeness_gap(y, x, bias_total, abar, st.v, info.w_o[layer])[0])
-        check_completeness(gap, layer, tol, info)
+        gap = completeness_gap(y, x, bias_total, abar, st.v, info.w_o[layer])
+        check_completeness(float(gap.max()), layer, tol, info)
         sh = normalised_shares(y, x, bias_total, abar, st.v, info.w_o[layer], threshold)
         largest.append(float(sh.largest.min()))
-        heads.append(sh.heads[0].to(home))
-        res.append(sh.residual[0].to(home))
-        bias.append(sh.bias[0].to(home))
-        mlp.append(mlp_share(y, w @ st.c)[0].to(home))
-        gaps.append(gap)
+        heads.append(sh.heads.to(home))
+        res.append(sh.residual.to(home))
+        bias.append(sh.bias.to(home))
+        mlp.append(mlp_share(y, w @ st.c).to(home))
+        gaps.append(gap.to(home))
         if progress is not None:
             progress(layer)
     check_threshold(largest, threshold)
-    return Shares(
-        heads=torch.stack(heads), residual=torch.stack(res), bias=torch.stack(bias), mlp=torch.stack(mlp),
-        gap=torch.tensor(gaps),
-    )
+    heads_t, res_t, bias_t = torch.stack(heads, dim=1), torch.stack(res, dim=1), torch.stack(bias, dim=1)
+    mlp_t, gap_t = torch.stack(mlp, dim=1), torch.stack(gaps, dim=1).float().cpu()
+    return [
+        Shares(heads=heads_t[v], residual=res_t[v], bias=bias_t[v], mlp=mlp_t[v], gap=gap_t[v])
+        for v in range(weights.shape[0])
+    ]
 
 
 @dataclass
@@ -181,4 +197,4 @@ def tokenwise_shares(
     return TokenwiseResult(row_scores=row_scores, mean=mean)
 
 
-__all__ = ["span_shares", "TokenwiseResult", "tokenwise_shares"]
+__all__ = ["span_shares", "span_shares_many", "TokenwiseResult", "tokenwise_shares"]

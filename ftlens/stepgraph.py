@@ -41,7 +41,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .aggregate import span_shares
+from .aggregate import span_shares_many
 from .errors import SpanError, TraceError
 from .options import check_options
 from .pipeline import Captured, model_name, prepare
@@ -52,6 +52,13 @@ __all__ = ["Node", "Route", "StepGraph", "step_graph", "graph_nodes", "absorb", 
 
 #: Below this, a step is taken to keep all of its mass (it passes nothing on).
 _STUCK = 1e-9
+
+#: Traced nodes per batched span pass (bounds the ``[vec, layer, head, pos]`` shares held at once).
+_BATCH = 16
+
+
+def _groups(items: list[int], size: int) -> list[list[int]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 @dataclass(frozen=True)
@@ -362,25 +369,28 @@ def step_graph(
     n_pos, row_start = seq.n, seq.prompt_len
     dists, edge_rows, head_rows, route_rows, gaps = [], [], [], [], []
     t1 = time.perf_counter()
-    for i in traced:
-        node = nodes[i]
-        w = torch.zeros(n_pos - row_start)
-        w[node.start - row_start : node.end - row_start] = 1.0 / (node.end - node.start)
-        sh = span_shares(cap.states, cap.info, cap.row_pos, w.to(cap.row_pos.device), threshold, tol=cap.tol)
-        v = sh.raw_scores.cpu().double()
-        norm = float(v.sum())
-        if norm <= 0:
-            raise TraceError(f"node {node.name} has no attribution mass (all shares zero); lower the threshold")
-        p = v / norm
-        p[node.end :] = 0.0  # causal: nothing after the node (exact zeros already)
-        dists.append(p.float())
-        edge_rows.append(torch.zeros(len(nodes), dtype=torch.float64).index_add_(0, node_of, p))
-        heads = sh.heads.cpu().double() / norm  # layer head pos
-        per_node = torch.zeros(len(nodes), *heads.shape[:2], dtype=torch.float64)
-        per_node.index_add_(0, node_of, heads.permute(2, 0, 1))
-        head_rows.append(per_node.float())
-        route_rows.append(sh.route_weights.cpu().float())
-        gaps.append(sh.gap.cpu().float())
+    for group in _groups(traced, _BATCH):
+        w = torch.zeros(len(group), n_pos - row_start)
+        for r, i in enumerate(group):
+            node = nodes[i]
+            w[r, node.start - row_start : node.end - row_start] = 1.0 / (node.end - node.start)
+        passes = span_shares_many(cap.states, cap.info, cap.row_pos, w.to(cap.row_pos.device), threshold, tol=cap.tol)
+        for i, sh in zip(group, passes):
+            node = nodes[i]
+            v = sh.raw_scores.cpu().double()
+            norm = float(v.sum())
+            if norm <= 0:
+                raise TraceError(f"node {node.name} has no attribution mass (all shares zero); lower the threshold")
+            p = v / norm
+            p[node.end :] = 0.0  # causal: nothing after the node (exact zeros already)
+            dists.append(p.float())
+            edge_rows.append(torch.zeros(len(nodes), dtype=torch.float64).index_add_(0, node_of, p))
+            heads = sh.heads.cpu().double() / norm  # layer head pos
+            per_node = torch.zeros(len(nodes), *heads.shape[:2], dtype=torch.float64)
+            per_node.index_add_(0, node_of, heads.permute(2, 0, 1))
+            head_rows.append(per_node.float())
+            route_rows.append(sh.route_weights.cpu().float())
+            gaps.append(sh.gap.cpu().float())
     edges = torch.stack(edge_rows).float()
     relayed, absorbed, answer_self, unresolved = absorb(edges, traced, inputs_idx)
     token_scores = _token_scores(torch.stack(dists).double(), edges.double(), traced, relayed.double(), nodes, seq.n)

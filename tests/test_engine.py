@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ftlens
-from ftlens.aggregate import span_shares, tokenwise_shares
+from ftlens.aggregate import span_shares, span_shares_many, tokenwise_shares
 from ftlens.attention import attention_rows
 from ftlens.capture import capture, model_info
 from ftlens.spans import build_sequence
@@ -237,3 +237,20 @@ def test_no_reasoning_means_no_pending_mass(tiny_llama):
     assert tr.reasoning is None
     assert tr.unresolved == 0.0
     assert float(tr.scores.sum()) + tr.output_mass == pytest.approx(1.0, abs=1e-5)
+
+
+def test_batched_span_passes_equal_one_pass_per_span(tiny):
+    """span_shares_many (the step graph's batched passes) gives each weight vector exactly the
+    shares of its own span_shares pass: heads, residual, bias, mlp and the guard's gap."""
+    seq, info, states, row_pos = _setup(tiny)
+    n = row_pos.numel()
+    w = torch.zeros(3, n)
+    w[0, : n // 2] = 1.0 / (n // 2)
+    w[1, n // 2 :] = 1.0 / (n - n // 2)
+    w[2] = torch.linspace(0.1, 1.0, n)
+    many = span_shares_many(states, info, row_pos, w, threshold=1e-4)
+    for v in range(3):
+        one = span_shares(states, info, row_pos, w[v], threshold=1e-4)
+        for name in ("heads", "residual", "bias", "mlp", "gap"):
+            torch.testing.assert_close(getattr(many[v], name), getattr(one, name), atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(many[0].heads, many[1].heads)

@@ -194,3 +194,16 @@ def test_relayed_mass_is_the_pending_mass_per_hop_and_survives_a_file(tmp_path):
 def test_graph_nodes_refuse_an_unknown_granularity():
     with pytest.raises(ftlens.SpanError, match="segments/steps must be one of"):
         graph_nodes(["a"], ["prompt"], (0, 1), None, segments="paragraph")
+
+
+def test_grouping_the_batched_span_passes_changes_no_edge(monkeypatch):
+    """Steps are traced in batched groups; groups of 2 give the same graph as one group."""
+    import ftlens.stepgraph as sg
+
+    whole = _graph("llama")
+    assert len(whole.traced) > 2
+    monkeypatch.setattr(sg, "_BATCH", 2)
+    split = step_graph(_model("llama"), PROMPT, TARGET, chat_template=False)
+    torch.testing.assert_close(split.edges, whole.edges, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(split.edge_heads, whole.edge_heads, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(split.completeness, whole.completeness, atol=1e-7, rtol=1e-5)
