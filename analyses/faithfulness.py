@@ -150,8 +150,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def punct_mask(tok, ids: torch.Tensor) -> torch.Tensor:
-    """True where the token decodes to ',' or '.' (surrounding spaces allowed) or to whitespace only."""
-    return torch.tensor([tok.decode([int(i)]).strip() in ("", ",", ".") for i in ids.tolist()])
+    """True where the token decodes to ',' or '.' (surrounding spaces allowed) or to whitespace only
+    (:func:`ftlens.tokens.stop_tokens`, the tokens ``stop_rows="skip"`` does not trace)."""
+    from ftlens.tokens import stop_tokens
+
+    return torch.tensor(stop_tokens(tok, ids.tolist()), dtype=torch.bool)
 
 
 def write_results(run, rows, errors, elapsed, fill, tok) -> None:

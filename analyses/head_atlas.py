@@ -131,7 +131,8 @@ def main(argv=None) -> int:
     study.save(run.path(f"head_atlas_{args.name}"))
     S.write_csv(run.path(f"head_atlas_{args.name}_retrieval.csv"),
                 [{"layer": l, "head": h, "retrieval_score": float(retr[l, h])} for l in range(L) for h in range(H)])
-    report(run, args, study, retr, len(scores), {"retrieval": t_retr, "extract": t_extract, "causal": t_causal})
+    report(run, args, study, retr, len(scores), {"retrieval": t_retr, "extract": t_extract, "causal": t_causal,
+                                                 "traced": first.meta["timings"]["traced"]})
     return 0
 
 
@@ -167,13 +168,16 @@ def report(run, args, study: Study, retr: torch.Tensor, n_retr: int, times: dict
                   "{:.2f}".format(mean_ci([x["overlap"] for x in v])["mean"])] for m, v in stab.items()]
     ex = study.examples
     n_tok = mean_ci([e["n_positions"] for e in ex])["mean"] if ex else float("nan")
-    tps = (len(ex) / times["extract"] * 60) if times["extract"] > 0 else float("nan")
+    traced = times.get("traced", len(ex))
+    extraction = ("study extraction resumed from the work folder (no example traced in this run)" if traced == 0 else
+                  f"study extraction {times['extract']:.0f} s for {traced} traced examples "
+                  f"({traced / times['extract'] * 60:.1f} examples/min incl. DLA)")
     md = run.header(f"Head atlas ({run.model_label}): study heads vs retrieval heads, checked by ablation") + [
         f"Model: {run.model_label}; {len(ex)} held-out examples ({', '.join(args.tasks)}, {args.length} prompt tokens, "
         f"{n_tok:.0f} positions on average, seeds {args.seed}+); target = the answer line, explained span = the needle "
         f"value; chat template {'off' if args.no_chat_template else 'on'}.  Times: retrieval scores "
-        f"{times['retrieval']:.0f} s, study extraction {times['extract']:.0f} s ({tps:.1f} examples/min incl. DLA; "
-        f"0 if resumed), ablation {times['causal']:.0f} s.",
+        f"{times['retrieval']:.0f} s, {extraction}, ablation {times['causal']:.0f} s (examples ablated in an earlier "
+        "run of the same study are kept).",
         f"Retrieval scores from {n_retr} examples with at least one needle-token step.", "",
         "## Top heads", "", S.markdown_table(["ranking", f"top {k}"], top_rows), "",
         "## Agreement", "", S.markdown_table(["rankings", f"top-{k} overlap", "Spearman (all heads)"], comp), "",

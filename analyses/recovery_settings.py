@@ -7,6 +7,8 @@ Side by side on the same held-out examples (twohop, arith, vartrack, needle_mult
   route prompt -> steps -> answer; :mod:`ftlens.stepgraph`);
 - ``flashtrace-h{0..3}``: ftlens flashtrace, ``explain="output"`` (hop 0 explains the answer);
 - ``flashtrace-target-h{0..3}``: ``explain="target"`` (hop 0 explains reasoning + answer);
+- ``-skip`` variants (``stepgraph-skip``, ``flashtrace-skip-h{k}``, ``flashtrace-target-skip-h{k}``):
+  the same with ``stop_rows="skip"`` (the target's ``,`` ``.`` and blank rows are not traced);
 - ``reference``: the PyPI ``flashtrace`` package, hops=1 (ftlens.eval.reference).
 
 Metrics (ftlens.eval.metrics / scoring, as faithfulness.py): Recovery@10% of the evidence tokens,
@@ -46,8 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from faithfulness import punct_mask  # noqa: E402
 
 HOPS = 3
-METHODS = (["stepgraph"] + [f"flashtrace-h{k}" for k in range(HOPS + 1)]
-           + [f"flashtrace-target-h{k}" for k in range(HOPS + 1)] + ["reference"])
+METHODS = (["stepgraph", "stepgraph-skip"]
+           + [f"flashtrace{sfx}-h{k}" for sfx in ("", "-skip", "-target", "-target-skip") for k in range(HOPS + 1)]
+           + ["reference"])
 TASKS = ("twohop", "arith", "vartrack", "needle_multikey")
 METRICS = ("recovery", "recovery_masked", "rec_worst", "rise_target", "rise_answer", "to_template", "to_question",
            "to_evidence", "to_punct", "punct_top", "seconds")
@@ -65,6 +68,8 @@ def parse(argv=None):
     p.add_argument("--k", type=int, default=20, help="deletion groups")
     p.add_argument("--pct", type=float, default=10.0)
     p.add_argument("--no-reference", action="store_true", help="skip the reference package")
+    p.add_argument("--stop-rows", nargs="+", default=["keep", "skip"], choices=["keep", "skip"],
+                   help="ftlens settings to run: stop_rows keep and/or skip (default both)")
     p.add_argument("--name", default="recovery_settings")
     a = p.parse_args(argv)
     if a.quick:
@@ -111,17 +116,19 @@ def diagnostics(s, case, punct, question, pct) -> dict:
 
 def method_scores(model, ex, seq, fmt, args) -> dict:
     out = {}
-    t0 = time.perf_counter()
-    g = step_graph(model, ex["prompt"], ex["target"])
-    if g.ids != seq.ids.tolist():
-        raise RuntimeError("step graph ids differ from the evaluation sequence")
-    out["stepgraph"] = (g.token_scores, time.perf_counter() - t0)
-    for explain in ("output", "target"):
-        fam = B.ftlens_scores(model, ex["prompt"], ex["target"], seq, hops_max=HOPS, tokenwise=False,
-                              explain=explain)
-        sfx = "" if explain == "output" else "-target"
-        for k in range(HOPS + 1):
-            out[f"flashtrace{sfx}-h{k}"] = fam[f"flashtrace{sfx}-h{k}"][:2]
+    for stop_rows in args.stop_rows:
+        skip = "-skip" if stop_rows == "skip" else ""
+        t0 = time.perf_counter()
+        g = step_graph(model, ex["prompt"], ex["target"], stop_rows=stop_rows)
+        if g.ids != seq.ids.tolist():
+            raise RuntimeError("step graph ids differ from the evaluation sequence")
+        out[f"stepgraph{skip}"] = (g.token_scores, time.perf_counter() - t0)
+        for explain in ("output", "target"):
+            fam = B.ftlens_scores(model, ex["prompt"], ex["target"], seq, hops_max=HOPS, tokenwise=False,
+                                  explain=explain, stop_rows=stop_rows)
+            sfx = "" if explain == "output" else "-target"
+            for k in range(HOPS + 1):
+                out[f"flashtrace{sfx}{skip}-h{k}"] = fam[f"flashtrace{sfx}-h{k}"][:2]
     if not args.no_reference:
         t0 = time.perf_counter()
         out["reference"] = (reference_flashtrace(model, seq, fmt, hops=1), time.perf_counter() - t0)

@@ -24,6 +24,7 @@ AXES: dict[str, str] = {
     "channel": "the channels of a multi-channel token view",
     "step": "points of a deletion/insertion curve (0 .. k groups deleted)",
     "node": "nodes of a step graph: input segments, reasoning steps, the answer",
+    "vocab": "the model's vocabulary (logits)",
     "batch": "perturbed copies of one sequence scored together (faithfulness metrics)",
 }
 #: Fixed sizes (``"batch 2"``) are numbers, not names, and need no entry.

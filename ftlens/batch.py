@@ -182,7 +182,14 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
         "chat_template": False if args.no_chat_template else None,
         "model": "default" if args.model is None else str(args.model),
         "dtype": str(resolve_dtype(args.dtype)).removeprefix("torch."),
+        **stop_rows_setting(getattr(args, "stop_rows", "keep")),
     }
+
+
+def stop_rows_setting(stop_rows: str) -> dict[str, str]:
+    """``stop_rows`` in a request only when it is not the default ``"keep"``: results made before
+    the option existed were all made with ``keep`` and stay valid (not stale)."""
+    return {} if stop_rows == "keep" else {"stop_rows": stop_rows}
 
 
 def record_request(r: Record, max_new_tokens: int | None = None) -> dict[str, Any]:

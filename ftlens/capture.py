@@ -24,7 +24,7 @@ Hooks are always removed when the capture ends, also when it raises.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from einops import rearrange
@@ -148,6 +148,7 @@ def capture(
     *,
     progress: Callable[[int], None] | None = None,
     fast_attn: bool = True,
+    extra_hooks: Sequence[tuple[str, Callable]] = (),
 ) -> list[LayerState]:
     """Run one forward pass and keep each layer's :class:`LayerState`.
 
@@ -160,7 +161,9 @@ def capture(
     ``s_t = rsqrt(mean(o_t^2) + eps)``.  Raises :class:`TraceError` naming the layer if
     a residual stream becomes non-finite.  ``fast_attn``: run supported attention
     layers through :func:`ftlens.lean_forward.fast_attention` (fused SDPA, no ``[H, T, T]``
-    pattern; same hooks, same values up to rounding).
+    pattern; same hooks, same values up to rounding).  ``extra_hooks``: read-only ``(name, fn)``
+    hooks that run in the same pass, before ftlens' own on a shared hook point (the pass stops
+    after the last block's output; nothing later fires).
     """
     fam = info.family if info.family is not None else describe(model)
     states = [LayerState() for _ in range(info.n_layers)]
@@ -201,7 +204,7 @@ def capture(
 
         return fn
 
-    hooks: list[tuple[str, Callable]] = []
+    hooks: list[tuple[str, Callable]] = list(extra_hooks)
     for layer in range(info.n_layers):
         hooks += [
             (act_name(layer, "hook_in"), keep_resid(layer, "a")),

@@ -187,7 +187,7 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     target = read_text_arg(args.target, "--target") if args.target is not None else None
     output = parse_span(args.output, "--output", args.output_occurrence)
     reasoning = parse_span(args.reasoning, "--reasoning", args.reasoning_occurrence, allow_none=True)
-    check_options(args.method, args.hops, args.threshold)
+    check_options(args.method, args.hops, args.threshold, stop_rows=args.stop_rows)
     chat_template = False if args.no_chat_template else None
     check_writable_file(args.json, "--json")
     check_writable_file(args.html, "--html")
@@ -204,6 +204,7 @@ def _cmd_trace(args: argparse.Namespace) -> int:
         hops=args.hops,
         method=args.method,
         explain=args.explain,
+        stop_rows=args.stop_rows,
         threshold=args.threshold,
         chat_template=chat_template,
         max_new_tokens=args.max_new_tokens,
@@ -239,7 +240,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     from .batch import Record, index_name, record_request, run_batch, run_settings
     from .result import Trace
 
-    check_options(args.method, args.hops, args.threshold)
+    check_options(args.method, args.hops, args.threshold, stop_rows=args.stop_rows)
     check_writable_dir(args.out, "--out")
     check_model_options(args)
     settings = run_settings(args)
@@ -252,6 +253,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
             model.append(_load(args))
         return ftlens.trace(
             model[0], r.prompt, r.target, output=r.output, reasoning=r.reasoning, hops=args.hops, explain=args.explain,
+            stop_rows=args.stop_rows,
             method=args.method, threshold=args.threshold, chat_template=chat_template,
             max_new_tokens=args.max_new_tokens, progress=False,
         )
@@ -292,12 +294,10 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
 def _cmd_study_run(args: argparse.Namespace) -> int:
     """``ftlens study run``: a head study over a JSONL file (library: :mod:`ftlens.study`)."""
-    import ftlens
-
     from .batch import run_settings
     from .study import read_study_records, run_study, shard_from_env
 
-    check_options(args.method, args.hops, args.threshold)
+    check_options(args.method, args.hops, args.threshold, stop_rows=args.stop_rows)
     check_writable_dir(args.out, "--out")
     check_model_options(args)
     shard = shard_from_env(args.shard)
@@ -306,17 +306,13 @@ def _cmd_study_run(args: argparse.Namespace) -> int:
     chat_template = False if args.no_chat_template else None
     model = _load(args)
 
-    def trace_fn(r):
-        return ftlens.trace(model, r.prompt, r.target, output=r.output, reasoning=r.reasoning, hops=args.hops,
-                            explain=args.explain, method=args.method, threshold=args.threshold,
-                            chat_template=chat_template, max_new_tokens=args.max_new_tokens, progress=False)
-
     study = run_study(model, args.input, out=args.out, shard=shard, resume=args.resume, k=args.k, ks=args.ks,
                       draws=args.draws, causal=args.causal, causal_n=args.causal_n, rank_by=args.rank_by,
                       method=args.method, hops=args.hops, threshold=args.threshold, explain=args.explain,
+                      stop_rows=args.stop_rows,
                       chat_template=chat_template, max_new_tokens=args.max_new_tokens, rows=args.rows,
                       dla=not args.no_dla, seed=args.seed, settings=run_settings(args),
-                      progress=not args.no_progress, trace_fn=trace_fn)
+                      progress=not args.no_progress)
     i, n = shard
     t = study.meta["timings"]
     print(f"study {args.input} shard {i}/{n}: {len(study.examples)} examples ({t['traced']} traced in "
@@ -453,6 +449,8 @@ def _method_options(p: argparse.ArgumentParser) -> None:
                    help="recursion hops through the reasoning span (flashtrace only; default 1)")
     g.add_argument("--explain", choices=["output", "target"], default="output",
                    help="what hop 0 explains: output = the answer span (default), target = reasoning + answer")
+    g.add_argument("--stop-rows", choices=["keep", "skip"], default="keep",
+                   help="the target's ',' '.' and blank rows: keep = trace them (default), skip = do not trace them")
     g.add_argument("--threshold", type=float, default=None, help="zero normalised per-layer shares below this, in [0, 1)")
     g.add_argument("--max-new-tokens", type=_positive_int, default=128, help="tokens to generate when there is no target (default 128)")
     g.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text, without the chat template")

@@ -16,6 +16,8 @@ from .errors import TraceError
 METHODS = ("flashtrace", "ifr-span", "ifr-tokenwise")
 #: What hop 0 explains: the answer span, or reasoning + answer (method §10).
 EXPLAIN = ("output", "target")
+#: What span passes do with the target's stop-token rows (``,`` ``.`` blank): trace them, or skip them.
+STOP_ROWS = ("keep", "skip")
 #: Largest ``hops`` accepted; recursion stops earlier once the pending mass is <= PENDING_TOL.
 MAX_HOPS = 1000
 #: Pending (reasoning) mass below which further hops change no score by more than this.
@@ -41,6 +43,7 @@ def check_options(
     threshold: float | None = None,
     explain: str = "output",
     completeness_tol: float | int | None = None,
+    stop_rows: str = "keep",
 ) -> int:
     """Refuse bad trace options with a one-line :class:`TraceError`; returns the hops to run.
 
@@ -51,6 +54,8 @@ def check_options(
         raise TraceError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if explain not in EXPLAIN:
         raise TraceError(f"explain must be 'output' (the answer span) or 'target' (reasoning + answer), got {explain!r}")
+    if stop_rows not in STOP_ROWS:
+        raise TraceError(f"stop_rows must be 'keep' or 'skip' (the target's ',' '.' and blank rows), got {stop_rows!r}")
     if hops is not None and (not isinstance(hops, int) or isinstance(hops, bool) or not 0 <= hops <= MAX_HOPS):
         raise TraceError(f"hops must be an integer in [0, {MAX_HOPS}], got {hops!r}; hops=0 means no recursion")
     if hops not in (None, 0) and method != "flashtrace":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -24,6 +24,7 @@ from .recursion import explained_span, recurse
 from .records import HopRecord, Shares
 from .result import Trace
 from .spans import Sequence, SpanSpec, build_sequence
+from .tokens import stop_tokens
 
 __all__ = ["trace", "prepare", "Captured"]
 
@@ -62,9 +63,12 @@ def prepare(
     max_new_tokens: int = 128,
     progress: bool = False,
     completeness_tol: float | int | None = None,
+    collect: Callable[[Sequence], list[tuple[str, Callable]]] | None = None,
 ) -> Captured:
     """Tokenise (generating first when ``target`` and ``target_ids`` are ``None``) and run the
-    one capture pass; unsupported model structures are refused before any forward pass."""
+    one capture pass; unsupported model structures are refused before any forward pass.
+    ``collect(seq)``: read-only hooks for that same pass, made once the sequence is known
+    (e.g. :class:`ftlens.residual.DLACollector`'s, so DLA needs no forward pass of its own)."""
     info = model_info(model)
     tol = float(completeness_tol) if completeness_tol is not None else default_tolerance(model)
     t_start = time.perf_counter()
@@ -89,7 +93,8 @@ def prepare(
         )
     bar = Progress(enabled=progress, total=info.n_layers, desc="capture")
     t0 = time.perf_counter()
-    states = capture(model, seq.ids, seq.prompt_len, info, progress=bar.step)
+    extra = collect(seq) if collect is not None else ()
+    states = capture(model, seq.ids, seq.prompt_len, info, progress=bar.step, extra_hooks=extra)
     bar.close()
     timings["capture"] = time.perf_counter() - t0
     row_pos = torch.arange(seq.prompt_len, seq.n, device=states[0].a.device)
@@ -119,6 +124,8 @@ def trace(
     max_new_tokens: int = 128,
     progress: bool = False,
     completeness_tol: float | int | None = None,
+    stop_rows: str = "keep",
+    collect: Callable[[Sequence], list[tuple[str, Callable]]] | None = None,
 ) -> Trace:
     """Attribute the output span of ``target`` to every earlier position.
 
@@ -144,12 +151,17 @@ def trace(
     gap (method §3); default :func:`default_tolerance` of the model's dtype (1e-4 in
     float32).  Above it the trace raises :class:`TraceError` naming the layer.
     Unsupported model structures are refused before any forward pass.
+    ``stop_rows``: ``"keep"`` (default) traces every target row; ``"skip"`` never traces the rows
+    of the target's stop tokens ``,`` ``.`` and blank ones (:func:`ftlens.tokens.stop_tokens`):
+    they stay sources, and flashtrace neither explains nor relays through them
+    (:mod:`ftlens.recursion`).
+    ``collect``: see :func:`prepare` (read-only hooks for the capture pass).
     """
-    hops = check_options(method, hops, threshold, explain, completeness_tol)
+    hops = check_options(method, hops, threshold, explain, completeness_tol, stop_rows)
     cap = prepare(
         model, prompt, target, target_ids=target_ids, messages=messages, system=system, output=output,
         reasoning=reasoning, chat_template=chat_template, max_new_tokens=max_new_tokens, progress=progress,
-        completeness_tol=completeness_tol,
+        completeness_tol=completeness_tol, collect=collect,
     )
     seq, info, states, row_pos, tol, timings = cap.seq, cap.info, cap.states, cap.row_pos, cap.tol, cap.timings
     row_start, n_rows, t_start = seq.prompt_len, seq.n - seq.prompt_len, cap.t_start
@@ -157,11 +169,13 @@ def trace(
 
     t0 = time.perf_counter()
     row_scores = None
+    skip = torch.tensor(stop_tokens(model.tokenizer, seq.ids.tolist())) if stop_rows == "skip" else None
     if method == "ifr-tokenwise":
         first, last = explained_span(seq.output, seq.reasoning, explain)
-        rows = torch.arange(first - row_start, last - row_start, device=row_pos.device)
+        traced = [t for t in range(first, last) if skip is None or not skip[t]] or list(range(first, last))
+        row_idx = torch.tensor(traced, device=row_pos.device) - row_start
         bar = Progress(enabled=progress, total=info.n_layers, desc="tokenwise")
-        tw = tokenwise_shares(states, info, row_pos, rows, threshold, progress=bar.step, tol=tol)
+        tw = tokenwise_shares(states, info, row_pos, row_idx, threshold, progress=bar.step, tol=tol)
         bar.close()
         scores = tw.mean.raw_scores.cpu()
         hop_records = [HopRecord(weight=1.0, norm=float(scores.sum()), thinking_ratio=0.0, scores=scores,
@@ -176,7 +190,7 @@ def trace(
             return span_shares(states, info, row_pos, w.to(row_pos.device), threshold, progress=bar.step, tol=tol)
 
         rec = recurse(span_fn, seq.n, row_start, seq.output, seq.reasoning, k, explain=explain,
-                      pending_tol=PENDING_TOL)
+                      pending_tol=PENDING_TOL, skip=skip)
         bar.close()
         hop_records = rec.hops
         if method == "ifr-span":
@@ -193,7 +207,7 @@ def trace(
         method=method,
         params={"hops": hops, "hops_run": len(hop_records) - 1, "threshold": threshold,
                 "chat_template": chat_template, "rows": n_rows,
-                "explain": explain, "completeness_tol": tol, "family": info.family.kind,
+                "explain": explain, "stop_rows": stop_rows, "completeness_tol": tol, "family": info.family.kind,
                 "generated": generated, "stopped_on_eos": stopped_on_eos},
         ids=seq.ids.tolist(),
         tokens=seq.tokens,

@@ -11,6 +11,11 @@ are recursed with the reasoning: they are neither input nor answer.
     hop k:  vk = span(pending, weights mu_{k-1}),   pk = vk / sum vk
             F += |mu_{k-1}| pk[inputs],   mu_k = |mu_{k-1}| pk[pending]
 
+With ``stop_rows="skip"`` the target's stop tokens (``,`` ``.`` blank; ``skip``) are never rows:
+hop 0's uniform weights leave them out (unless every explained token is one), and every
+``pk`` is taken over the other positions (``vk`` zeroed on them before normalising), so
+they neither explain nor relay; input positions are untouched.
+
 Conservation: ``sum F + |mu_K| + output mass = 1`` (a test pins it).  The
 per-head attribution of the whole trace is ``sum_k c_k / sum(vk) * e_k[:, :, inputs]``
 with ``c_0 = 1`` and ``c_k = |mu_{k-1}|``; its sum over layers and heads is ``F``.
@@ -37,6 +42,15 @@ def explained_span(output: tuple[int, int], reasoning: tuple[int, int] | None, e
     if explain == "target" and reasoning is not None:
         return reasoning[0], output[1]
     return output
+
+
+def uniform_rows(span: Tensor, keep: Tensor) -> Tensor:
+    """Uniform weights over the rows of ``span`` (a 0/1 mask) that ``keep`` allows; over all of
+    ``span`` when it allows none (a span made only of stop tokens is still traced)."""
+    w = span.float() * keep.float()
+    if float(w.sum()) == 0.0:
+        w = span.float()
+    return w / w.sum()
 
 
 def _hop(weight: float, norm: float, shares: Shares, contribution: Tensor, pending: Tensor) -> HopRecord:
@@ -73,6 +87,7 @@ def recurse(
     hops: int,
     explain: str = "output",
     pending_tol: float = 0.0,
+    skip: Tensor | None = None,
 ) -> Recursion:
     """Run hops 0..K.  ``span_fn(weights over tracked rows [row_start, n_pos))`` -> shares.
 
@@ -81,7 +96,8 @@ def recurse(
     ``[r0, o1)``, uniform weights: what a whole-target faithfulness metric scores).  In both
     cases the mass hop 0 puts on pending tokens is recursed and the mass on ``O`` is reported.
     Hops stop early once the pending mass ``|mu_k|`` is at most ``pending_tol`` (``len(hops) - 1``
-    says how many ran; the rest stays ``unresolved``).
+    says how many ran; the rest stays ``unresolved``).  ``skip``: bool ``[pos]``, target
+    positions that are never rows (``stop_rows="skip"``; module docstring).
     """
     first, last = explained_span(output, reasoning, explain)
     r0 = reasoning[0] if reasoning is not None else output[0]
@@ -90,10 +106,12 @@ def recurse(
     pending = (pos >= r0) & (pos < output[0])
     n_rows = n_pos - row_start
 
+    keep = torch.ones(n_pos, dtype=torch.bool) if skip is None else ~(skip.bool() & (pos >= r0))
     w = torch.zeros(n_rows)
-    w[first - row_start : last - row_start] = 1.0 / (last - first)
+    w[first - row_start : last - row_start] = 1.0
+    w = uniform_rows(w, keep[row_start:])
     shares = span_fn(w)
-    v = shares.raw_scores.cpu()
+    v = shares.raw_scores.cpu() * keep
     norm = float(v.sum())
     p = v / norm if norm > 0 else torch.zeros_like(v)
     mu = p * pending
@@ -106,7 +124,7 @@ def recurse(
             break
         w = (mu / mass)[row_start:]
         shares = span_fn(w)
-        v = shares.raw_scores.cpu()
+        v = shares.raw_scores.cpu() * keep
         norm = float(v.sum())
         p = v / norm if norm > 0 else torch.zeros_like(v)
         contribution = mass * p * inputs

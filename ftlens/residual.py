@@ -53,6 +53,7 @@ from .records import unravel_head
 __all__ = [
     "LogitLens",
     "DirectLogitAttribution",
+    "DLACollector",
     "ComponentShares",
     "HeadComparison",
     "logit_lens",
@@ -229,6 +230,63 @@ class DirectLogitAttribution:
         return dla_view(self)
 
 
+def _dla_names(n_layers: int, fam: Any) -> list[str]:
+    """The hooks DLA reads: the first block input, the last block output, and per layer the
+    block input and output, ``attn.hook_z`` and the family's mid hook / attention output."""
+    names = [act_name(0, "hook_in"), act_name(n_layers - 1, "hook_out")]
+    for l in range(n_layers):
+        names += [act_name(l, "hook_in"), act_name(l, "attn.hook_z"), act_name(l, "hook_out")]
+        if fam.mid_hook is not None:
+            names.append(act_name(l, fam.mid_hook))
+        if fam.needs_attn_out:
+            names.append(act_name(l, "attn.hook_out"))
+    return list(dict.fromkeys(names))
+
+
+class DLACollector:
+    """DLA from a forward pass that someone else runs (the trace's capture): no pass of its own.
+
+    ``hooks(ids, span)`` gives read-only hooks that keep the read rows ``[a - 1, b - 1)`` of every
+    activation DLA uses (:func:`_dla_names`); run them in a forward pass of ``ids``, then
+    ``result()`` decomposes what they kept.  The capture stops after the last block, so by
+    default ``total`` is the logit *before* any final soft-cap computed by the model's own final
+    norm and unembedding modules on the kept final residual rows; pass the forward's logits
+    rows as ``logits=`` to use those instead.
+    """
+
+    def __init__(self, model: Any, completeness_tol: float | None = None) -> None:
+        from .capture import model_info
+        from .options import default_tolerance
+
+        self.model = model
+        self.info = model_info(model)  # refuses unsupported structures before any forward pass
+        self.tol = float(completeness_tol) if completeness_tol is not None else default_tolerance(model)
+        self.acts: dict[str, Tensor] = {}
+        self.ids: Tensor | None = None
+        self.span: tuple[int, int] | None = None
+
+    def hooks(self, ids: Sequence[int] | Tensor, span: tuple[int, int]) -> list[tuple[str, Any]]:
+        self.ids, self.span = _ids_and_span(None, ids, span)
+        self.acts = {}
+        rows = slice(self.span[0] - 1, self.span[1] - 1)
+
+        def keep(name: str):
+            def fn(x: Tensor, hook: Any) -> None:
+                self.acts[name] = x[0, rows].detach().to(torch.float32, copy=True)
+
+            return fn
+
+        return [(n, keep(n)) for n in _dla_names(int(self.model.cfg.n_layers), self.info.family)]
+
+    def result(self, logits: Float[Tensor, "tok vocab"] | None = None) -> DirectLogitAttribution:
+        if self.ids is None or self.span is None:
+            raise TraceError("DLACollector.result() before its hooks ran in a forward pass")
+        missing = [n for n in _dla_names(int(self.model.cfg.n_layers), self.info.family) if n not in self.acts]
+        if missing:
+            raise TraceError(f"hooks did not fire: {missing[:3]}; is this a supported decoder model?")
+        return _decompose(self.model, self.info, self.tol, self.acts, self.ids, self.span, logits)
+
+
 def direct_logit_attribution(
     model: Any,
     trace: Any = None,
@@ -246,32 +304,33 @@ def direct_logit_attribution(
     ``x[L] = x[0] + sum_l (heads + bias + mlp)`` (relative L1 gap above
     ``completeness_tol``, default by dtype as for traces, raises :class:`TraceError`).
     With a final logit soft-cap (Gemma 2) ``total`` is the logit *before* the cap
-    (``c * atanh(logit / c)``): the parts add up to that.
+    (``c * atanh(logit / c)``): the parts add up to that.  One forward pass (attention
+    through :func:`ftlens.lean_forward.fast_attention` where the layer allows it); a head
+    study gets the same numbers from the trace's own pass with :class:`DLACollector`.
     """
-    from .capture import model_info
-    from .options import default_tolerance
+    from .lean_forward import fast_attention
 
-    info = model_info(model)  # refuses unsupported structures before the forward pass
-    fam = info.family
-    tol = float(completeness_tol) if completeness_tol is not None else default_tolerance(model)
+    col = DLACollector(model, completeness_tol)
     ids_t, (a, b) = _ids_and_span(trace, ids, span)
+    with fast_attention(model), temporary_hooks(model, col.hooks(ids_t, (a, b))), torch.no_grad():
+        logits = model(ids_t[None].to(device_of(model)))
+    return col.result(logits[0, a - 1 : b - 1].detach().float())
+
+
+def _decompose(
+    model: Any, info: Any, tol: float, acts: dict[str, Tensor], ids_t: Tensor, span: tuple[int, int],
+    logits: Tensor | None,
+) -> DirectLogitAttribution:
+    """The DLA formulas (module docstring) on the read rows ``acts[name] = x[a-1 : b-1]``."""
+    fam = info.family
+    a, b = span
     n_layers = int(model.cfg.n_layers)
     last = act_name(n_layers - 1, "hook_out")
-    names = [act_name(0, "hook_in"), last]
-    for l in range(n_layers):
-        names += [act_name(l, "hook_in"), act_name(l, "attn.hook_z"), act_name(l, "hook_out")]
-        if fam.mid_hook is not None:
-            names.append(act_name(l, fam.mid_hook))
-        if fam.needs_attn_out:
-            names.append(act_name(l, "attn.hook_out"))
-    names = list(dict.fromkeys(names))
-    acts, logits = _run(model, ids_t, names)
     gamma, beta, eps, centre = _final_norm(model)
     w_u, b_u = _unembed(model)
     dev = w_u.device
-    rows = slice(a - 1, b - 1)
     tgt: Int[Tensor, " tok"] = ids_t[a:b].to(dev)
-    x_fin = acts[last][rows].to(dev)
+    x_fin = acts[last].to(dev)
     xc = x_fin - x_fin.mean(-1, keepdim=True) if centre else x_fin
     scale = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)  # frozen [tok, 1]
     # d[tok, d_model]: the direction each row's part is read along, scale folded in
@@ -283,9 +342,9 @@ def direct_logit_attribution(
         return (part * direction).sum(-1)
 
     heads, mlp, attn_bias = [], [], []
-    rebuilt = acts[act_name(0, "hook_in")][rows].to(dev).clone()
+    rebuilt = acts[act_name(0, "hook_in")].to(dev).clone()
     for l in range(n_layers):
-        get = lambda name: acts[act_name(l, name)][rows].to(dev)  # noqa: E731
+        get = lambda name: acts[act_name(l, name)].to(dev)  # noqa: E731
         z = _heads_first_rows(get("attn.hook_z"), info.n_heads)  # [tok, head, dh]
         per_head = torch.einsum("thk,hkd->thd", z, info.w_o[l].to(dev))  # g folded in (post-norm)
         bias_w = info.b_o[l].to(dev).expand_as(x_fin) if info.b_o[l] is not None else torch.zeros_like(x_fin)
@@ -307,13 +366,18 @@ def direct_logit_attribution(
             f"(relative L1; tolerance {tol:.0e}; block family {fam.kind!r}); remove hooks you "
             "registered on the model, run in float32, or pass completeness_tol="
         )
-    embed = read(acts[act_name(0, "hook_in")][rows].to(dev)).sum()
+    embed = read(acts[act_name(0, "hook_in")].to(dev)).sum()
     unembed_bias = b_u[tgt].sum() if b_u is not None else torch.zeros(())
     norm_bias = (beta.to(dev) @ w_u[:, tgt]).sum() if beta is not None else torch.zeros(())
-    target_logits = logits[rows].to(dev).gather(-1, tgt[:, None])
-    cap = _final_softcap(model)
-    if cap is not None:
-        target_logits = cap * torch.atanh((target_logits / cap).clamp(-1 + 1e-7, 1 - 1e-7))
+    if logits is None:  # the model's own final norm and unembedding, before any soft-cap
+        with torch.no_grad():
+            x_model = x_fin.to(device_of(model), dtype=model.unembed.W_U.dtype)[None]
+            target_logits = model.unembed(model.ln_final(x_model))[0].float().to(dev).gather(-1, tgt[:, None])
+    else:
+        target_logits = logits.to(dev).gather(-1, tgt[:, None])
+        cap = _final_softcap(model)
+        if cap is not None:
+            target_logits = cap * torch.atanh((target_logits / cap).clamp(-1 + 1e-7, 1 - 1e-7))
     return DirectLogitAttribution(
         heads=torch.stack(heads).cpu(),
         mlp=torch.stack(mlp).cpu(),

@@ -273,6 +273,7 @@ class Trace:
             f"output tokens {self.output[0]}:{self.output[1]}"
             + (f", reasoning {self.reasoning[0]}:{self.reasoning[1]}" if self.reasoning else ", no reasoning")
             + ("; hop 0 explains reasoning + output" if self.params.get("explain") == "target" else "")
+            + ("; the target's ',' '.' and blank rows are not traced" if self.params.get("stop_rows") == "skip" else "")
         )
         gaps = self.completeness
         if gaps is not None:

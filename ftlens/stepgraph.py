@@ -46,7 +46,9 @@ from .errors import SpanError, TraceError
 from .options import check_options
 from .pipeline import Captured, model_name, prepare
 from .records import HeadScore, unravel_head
+from .recursion import uniform_rows
 from .segments import BY, Segment, char_segments, role_runs, split_run
+from .tokens import stop_tokens
 
 __all__ = ["Node", "Route", "StepGraph", "step_graph", "graph_nodes", "absorb", "fold_loops", "loop_scale"]
 
@@ -341,6 +343,7 @@ def step_graph(
     segments: str | Sequence[tuple[int, int]] = "sentence",
     threshold: float | None = None,
     completeness_tol: float | int | None = None,
+    stop_rows: str = "keep",
     progress: bool = False,
     captured: Captured | None = None,
     **inputs: Any,
@@ -352,9 +355,12 @@ def step_graph(
     without a reasoning span has no steps (the graph is the answer's own span pass).  ``steps``
     and ``segments`` say how the reasoning and the user prompt are split (``"sentence"``,
     ``"line"``, ``"word"``, ``"token"``, or character spans of that text).  ``captured``: reuse
-    :func:`ftlens.pipeline.prepare`'s state (no new forward pass).
+    :func:`ftlens.pipeline.prepare`'s state (no new forward pass).  ``stop_rows="skip"``: a
+    node's pass weighs only its tokens that are not stop tokens (``,`` ``.`` blank;
+    :func:`ftlens.tokens.stop_tokens`), all of them when it has no other; every position still
+    belongs to its node, so the bookkeeping is unchanged.
     """
-    check_options("ifr-span", None, threshold, "output", completeness_tol)
+    check_options("ifr-span", None, threshold, "output", completeness_tol, stop_rows)
     t0 = time.perf_counter()
     cap = captured if captured is not None else prepare(
         model, prompt, target, progress=progress, completeness_tol=completeness_tol, **inputs
@@ -367,13 +373,17 @@ def step_graph(
     for i, n in enumerate(nodes):
         node_of[n.start : n.end] = i
     n_pos, row_start = seq.n, seq.prompt_len
+    keep = torch.ones(n_pos, dtype=torch.bool)
+    if stop_rows == "skip":
+        keep = ~torch.tensor(stop_tokens(model.tokenizer, seq.ids.tolist()))
     dists, edge_rows, head_rows, route_rows, gaps = [], [], [], [], []
     t1 = time.perf_counter()
     for group in _groups(traced, _BATCH):
         w = torch.zeros(len(group), n_pos - row_start)
         for r, i in enumerate(group):
             node = nodes[i]
-            w[r, node.start - row_start : node.end - row_start] = 1.0 / (node.end - node.start)
+            w[r, node.start - row_start : node.end - row_start] = 1.0
+            w[r] = uniform_rows(w[r], keep[row_start:])
         passes = span_shares_many(cap.states, cap.info, cap.row_pos, w.to(cap.row_pos.device), threshold, tol=cap.tol)
         for i, sh in zip(group, passes):
             node = nodes[i]
@@ -402,7 +412,7 @@ def step_graph(
         token_scores=token_scores, answer_self=answer_self, unresolved=unresolved,
         params={"steps": steps if isinstance(steps, str) else [list(s) for s in steps],
                 "segments": segments if isinstance(segments, str) else [list(s) for s in segments],
-                "threshold": threshold, "completeness_tol": cap.tol, "family": cap.info.family.kind},
+                "threshold": threshold, "stop_rows": stop_rows, "completeness_tol": cap.tol, "family": cap.info.family.kind},
         timings={**cap.timings, "graph": time.perf_counter() - t1, "total": time.perf_counter() - t0},
     )  # fmt: skip
 

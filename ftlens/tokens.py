@@ -149,6 +149,18 @@ def display_tokens(tokenizer: Any, ids: list[int]) -> list[str]:
     return _shown_once(text, offsets)
 
 
+#: What a *stop token* decodes to on its own (surrounding whitespace stripped): ``stop_rows="skip"``
+#: never traces these rows (see :func:`stop_tokens`).
+STOP_TEXTS = ("", ",", ".")
+
+
+def stop_tokens(tokenizer: Any, ids: list[int]) -> list[bool]:
+    """Per id, whether it is a stop token: it decodes on its own to ``,`` or ``.`` (surrounding
+    whitespace allowed) or to whitespace only.  These positions mostly gather the sentence or act
+    as attention sinks; ``stop_rows="skip"`` keeps them as sources but does not trace their rows."""
+    return [tokenizer.decode([int(i)]).strip() in STOP_TEXTS for i in ids]
+
+
 def _shown_once(text: str, offsets: list[tuple[int, int]]) -> list[str]:
     out, shown = [], 0
     for a, b in offsets:

@@ -76,16 +76,29 @@ def token_scores(T: dict, weights: dict[int, float]) -> torch.Tensor:
 
 
 def flashtrace(T: dict, output: tuple[int, int], reasoning: tuple[int, int] | None, hops: int,
-               explain: str = "output"):
+               explain: str = "output", skip: frozenset[int] = frozenset()):
     """Spec section 4, written out with explicit mass bookkeeping.
 
-    ``explain="target"``: hop 0 explains every token from the reasoning start to the output end."""
+    ``explain="target"``: hop 0 explains every token from the reasoning start to the output end.
+    ``skip``: target positions that are never rows (``stop_rows="skip"``): hop 0 spreads its
+    weight over the other explained tokens (all of them if none is left), and each pass's token
+    scores on skipped target positions are set to 0 before normalising."""
     n = T["a"][0].shape[0]
     r0 = reasoning[0] if reasoning else output[0]
     inputs = [s < r0 for s in range(n)]
     pending = [r0 <= s < output[0] for s in range(n)]
+    dropped = [s >= r0 and s in skip for s in range(n)]
+
+    def scores(weights):
+        v = token_scores(T, weights).clone()
+        for s in range(n):
+            if dropped[s]:
+                v[s] = 0.0
+        return v
+
     o = range(output[0] if explain == "output" else r0, output[1])
-    v = token_scores(T, {t: 1.0 / len(o) for t in o})
+    rows = [t for t in o if t not in skip] or list(o)
+    v = scores({t: 1.0 / len(rows) for t in rows})
     p = v / v.sum()
     out_mass = float(p[output[0] : output[1]].sum())
     F = torch.tensor([float(p[s]) if inputs[s] else 0.0 for s in range(n)], dtype=torch.float64)
@@ -94,7 +107,7 @@ def flashtrace(T: dict, output: tuple[int, int], reasoning: tuple[int, int] | No
     contributions = [F.clone()]
     for _ in range(hops):
         mass = sum(mu.values())
-        v = token_scores(T, {t: m / mass for t, m in mu.items()})
+        v = scores({t: m / mass for t, m in mu.items() if m > 0})
         p = v / v.sum()
         c = torch.tensor([mass * float(p[s]) if inputs[s] else 0.0 for s in range(n)], dtype=torch.float64)
         F = F + c

@@ -22,7 +22,7 @@ def _run(script: str, out: Path, *extra: str) -> None:
 
 
 @pytest.mark.parametrize("script", ["faithfulness.py", "head_study.py", "hops.py", "step_causal.py",
-                                    "recovery_settings.py", "head_atlas.py"])
+                                    "recovery_settings.py", "head_atlas.py", "study_throughput.py"])
 def test_help(script):
     r = subprocess.run([sys.executable, str(ROOT / "analyses" / script), "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--quick" in r.stdout
@@ -146,3 +146,17 @@ def test_head_atlas_quick(tmp_path):
     retr = list(csv.DictReader((tmp_path / "head_atlas_tiny_retrieval.csv").open()))
     assert len(retr) == 8 and all(0.0 <= float(r["retrieval_score"]) <= 1.0 for r in retr)
     assert (tmp_path / "head_atlas_tiny.png").stat().st_size > 0
+
+
+def test_study_throughput_quick_runs_the_cli_with_one_and_two_processes(tmp_path):
+    """The throughput script runs `ftlens study run` alone and under torchrun (default model, 64-token
+    needles) and reports both, with the per-example sizes it measured."""
+    cmd = [sys.executable, str(ROOT / "analyses" / "study_throughput.py"), "--quick", "--out", str(tmp_path),
+           "--work", str(tmp_path / "work"), "--no-progress"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    md = (tmp_path / "study_throughput.md").read_text()
+    rows = [line.split("|")[1:-1] for line in md.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [int(c[0]) for c in rows] == [1, 2] and [int(c[1]) for c in rows] == [2, 4]
+    assert all(0 < float(c[5].split(",")[1]) < 50 for c in rows)  # max KB per example
+    assert len(list((tmp_path / "work" / "p2" / "examples").glob("*.json"))) == 4

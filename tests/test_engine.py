@@ -254,3 +254,62 @@ def test_batched_span_passes_equal_one_pass_per_span(tiny):
         for name in ("heads", "residual", "bias", "mlp", "gap"):
             torch.testing.assert_close(getattr(many[v], name), getattr(one, name), atol=1e-6, rtol=1e-5)
     assert not torch.allclose(many[0].heads, many[1].heads)
+
+
+def _stop_positions(model, ids) -> frozenset[int]:
+    """Stop tokens written out from the tokenizer: ',' '.' (spaces allowed) or whitespace only."""
+    return frozenset(i for i, t in enumerate(ids) if model.tokenizer.decode([t]).strip() in ("", ",", "."))
+
+
+@pytest.mark.parametrize("explain", ["output", "target"])
+def test_skipping_stop_rows_matches_the_bruteforce_reference(tiny, explain):
+    """stop_rows="skip": the target's ',' '.' and blank rows are never traced (hop 0 weights and the
+    relayed mass leave them out); inputs keep them as sources; mass is conserved."""
+    tr = ftlens.trace(tiny, PROMPT, TARGET, hops=2, explain=explain, stop_rows="skip")
+    skip = _stop_positions(tiny, tr.ids)
+    assert tr.params["stop_rows"] == "skip" and any(s >= tr.reasoning[0] for s in skip)
+    T = bf.cache_tensors(tiny, torch.tensor(tr.ids))
+    ref, contribs, ratios, out_mass = bf.flashtrace(T, tr.output, tr.reasoning, hops=2, explain=explain, skip=skip)
+    for hop, c in zip(tr.hops, contribs):
+        torch.testing.assert_close(hop.scores.double(), c, atol=1e-5, rtol=0)
+    assert tr.thinking_ratios == pytest.approx(ratios, abs=1e-5)
+    assert tr.output_mass == pytest.approx(out_mass, abs=1e-5)
+    torch.testing.assert_close(tr.scores.double(), ref, atol=1e-5, rtol=0)
+    assert float(tr.scores.sum()) + tr.unresolved + tr.output_mass == pytest.approx(1.0, abs=1e-5)
+    relayed = tr.relayed_mass()
+    assert all(float(relayed[:, s].abs().max()) == 0.0 for s in skip if s >= tr.reasoning[0])
+    kept, _, _, _ = bf.flashtrace(T, tr.output, tr.reasoning, hops=2, explain=explain)
+    assert float((ref - kept).abs().max()) > 1e-4  # it is not the stop_rows="keep" attribution
+    assert "rows are not traced" in tr.summary()
+
+
+def test_a_trace_skipping_stop_rows_survives_a_file(tiny, tmp_path):
+    tr = ftlens.trace(tiny, PROMPT, TARGET, hops=2, explain="target", stop_rows="skip")
+    back = ftlens.Trace.load(tr.save(tmp_path / "t.json"))
+    assert back.params["stop_rows"] == "skip"
+    torch.testing.assert_close(back.scores, tr.scores)
+
+
+def test_skipping_stop_rows_in_one_pass_methods_drops_exactly_those_rows(tiny):
+    tr = ftlens.trace(tiny, PROMPT, TARGET, method="ifr-tokenwise", explain="target", stop_rows="skip")
+    skip = _stop_positions(tiny, tr.ids)
+    T = bf.cache_tensors(tiny, torch.tensor(tr.ids))
+    rows = [t for t in range(tr.reasoning[0], tr.output[1]) if t not in skip]
+    assert tr.row_scores.shape[0] == len(rows) < tr.output[1] - tr.reasoning[0]
+    torch.testing.assert_close(tr.row_scores.double(), torch.stack([bf.token_scores(T, {t: 1.0}) for t in rows]),
+                               atol=1e-5, rtol=0)
+    span = ftlens.trace(tiny, PROMPT, TARGET, method="ifr-span", explain="target", stop_rows="skip")
+    torch.testing.assert_close(span.scores.double(), bf.token_scores(T, {t: 1.0 for t in rows}), atol=1e-5, rtol=0)
+
+
+def test_a_span_made_only_of_stop_tokens_is_still_traced(tiny):
+    """An explained span of stop tokens only (here the final '.') keeps its rows under skip."""
+    tr = ftlens.trace(tiny, PROMPT, TARGET, method="ifr-span", output=(-1, None), stop_rows="skip")
+    assert tr.tokens[tr.output[0]].strip() == "."
+    keep = ftlens.trace(tiny, PROMPT, TARGET, method="ifr-span", output=(-1, None))
+    torch.testing.assert_close(tr.scores, keep.scores)
+
+
+def test_bad_stop_rows_value_is_refused_in_one_line(tiny):
+    with pytest.raises(ftlens.TraceError, match="stop_rows must be 'keep' or 'skip'"):
+        ftlens.trace(tiny, PROMPT, TARGET, stop_rows="content")

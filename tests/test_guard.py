@@ -174,3 +174,25 @@ def test_dla_guard_fires_on_a_broken_decomposition(monkeypatch):
     _without_post_norm_fold(monkeypatch)
     with pytest.raises(TraceError, match=r"completeness guard \(DLA\)"):
         R.direct_logit_attribution(model, ids=ids, span=(3, 6))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_dla_read_in_the_traces_own_forward_pass_matches_the_hf_reference(arch):
+    """DLACollector's hooks ride on the trace's capture pass (which stops after the last block):
+    same heads and MLPs as the HF-module reference, and its total (the model's final norm and
+    unembedding on the kept rows, before any soft-cap) equals the standalone pass's total."""
+    model = _model(arch)
+    text = PROMPT + " " + TARGET
+    n = len(model.tokenizer(text)["input_ids"])
+    col = R.DLACollector(model)
+    tr = ftlens.trace(model, PROMPT, " " + TARGET, output=(-4, None), chat_template=False,
+                      collect=lambda seq: col.hooks(seq.ids, seq.output))
+    dla = col.result()
+    assert tr.ids == model.tokenizer(text)["input_ids"] and tr.output == (n - 4, n)
+    want_heads, want_mlp = _reference_dla(arch, torch.tensor(tr.ids), tr.output)
+    torch.testing.assert_close(dla.heads.double(), want_heads, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(dla.mlp.double(), want_mlp, atol=1e-4, rtol=1e-4)
+    alone = R.direct_logit_attribution(model, ids=tr.ids, span=tr.output)
+    assert dla.total == pytest.approx(alone.total, abs=1e-4 * max(1.0, abs(alone.total)))
+    assert abs(dla.gap) <= 1e-4 * max(1.0, abs(dla.total))
+    assert all(not hp.fwd_hooks for hp in model.hook_dict.values())

@@ -36,16 +36,18 @@ def _graph(arch: str):
     return step_graph(_model(arch), PROMPT, TARGET, chat_template=False)
 
 
-def _reference_chain(arch: str, g):
+def _reference_chain(arch: str, g, skip: frozenset[int] = frozenset()):
     """Absorbed mass per input node and expected visits per step, from the HF-module reference:
     each traced node's distribution from HFReference (float64), then the absorbing chain with
-    self-loops solved as ``N = (I - Q)^-1`` (not ftlens' loop-folding recursion)."""
+    self-loops solved as ``N = (I - Q)^-1`` (not ftlens' loop-folding recursion).  ``skip``:
+    positions whose rows a node's pass leaves out (all of the node's rows when none is left)."""
     ref = HFReference(arch, torch.tensor(g.ids), **KW)
     n = len(g.nodes)
     W = np.zeros((len(g.traced), n))
     for row, i in enumerate(g.traced):
         node = g.nodes[i]
-        v = ref.token_scores({t: 1.0 / (node.end - node.start) for t in range(node.start, node.end)}).numpy()
+        rows = [t for t in range(node.start, node.end) if t not in skip] or list(range(node.start, node.end))
+        v = ref.token_scores({t: 1.0 / len(rows) for t in rows}).numpy()
         p = v / v.sum()
         for j, other in enumerate(g.nodes):
             W[row, j] = p[other.start : other.end].sum()
@@ -207,3 +209,16 @@ def test_grouping_the_batched_span_passes_changes_no_edge(monkeypatch):
     torch.testing.assert_close(split.edges, whole.edges, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(split.edge_heads, whole.edge_heads, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(split.completeness, whole.completeness, atol=1e-7, rtol=1e-5)
+
+
+def test_step_graph_skipping_stop_rows_equals_the_hf_module_reference():
+    """stop_rows="skip": each node's pass weighs only its tokens that are not ',' '.' or blank."""
+    model = _model("llama")
+    g = step_graph(model, PROMPT, TARGET, chat_template=False, stop_rows="skip")
+    skip = frozenset(i for i, t in enumerate(g.ids) if model.tokenizer.decode([t]).strip() in ("", ",", "."))
+    assert any(g.nodes[i].start <= s < g.nodes[i].end for i in g.traced for s in skip)
+    W, visits, absorbed, answer_self = _reference_chain("llama", g, skip)
+    np.testing.assert_allclose(g.edges.double().numpy(), W, atol=1e-5)
+    np.testing.assert_allclose(g.absorbed[g.inputs].double().numpy(), absorbed, atol=1e-5)
+    assert g.params["stop_rows"] == "skip"
+    assert float((g.edges - _graph("llama").edges).abs().max()) > 1e-4

@@ -276,3 +276,26 @@ def test_cli_study_run_and_merge(tiny_cli, capsys, tmp_path):
     assert rc == 1 and err.startswith("ftlens: error: ") and len(err.strip().splitlines()) == 1
     rc, out, err = run_cli(capsys, "study", "merge", tmp_path / "nowhere")
     assert rc == 1 and "ftlens: error: study folder" in err
+
+
+def test_study_dla_comes_from_the_traces_own_forward_pass(tiny_llama, tmp_path, monkeypatch):
+    """The study reads DLA in the trace's capture pass: the same heads as a standalone DLA pass,
+    and no model forward pass besides the trace's one."""
+    import ftlens
+    import ftlens.residual as R
+
+    rec = _records(1)[0]
+    tr = ftlens.trace(tiny_llama, rec["prompt"], rec["target"])
+    alone = R.direct_logit_attribution(tiny_llama, tr).heads.flatten().tolist()
+    calls = []
+    real_forward = type(tiny_llama).forward
+
+    def counting(self, *a, **kw):
+        calls.append(1)
+        return real_forward(self, *a, **kw)
+
+    monkeypatch.setattr(type(tiny_llama), "forward", counting)
+    run_study(tiny_llama, [rec], out=tmp_path, causal=False)
+    ex = json.loads((tmp_path / "examples" / "r0.json").read_text())
+    assert len(calls) == 1
+    assert unpack(ex["heads"]["dla"]) == pytest.approx(alone, rel=1e-4, abs=1e-5)

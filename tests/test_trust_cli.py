@@ -143,6 +143,7 @@ def count_traces(monkeypatch) -> list:
         (["--hops", "2"], "hops"),
         (["--threshold", "0.001"], "threshold"),
         (["--explain", "target"], "explain"),
+        (["--stop-rows", "skip"], "stop_rows"),
         (["--no-chat-template"], "chat_template"),
         (["--model", "other-model"], "model"),
         (["--dtype", "bfloat16"], "dtype"),

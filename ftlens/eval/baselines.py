@@ -164,7 +164,7 @@ def occlusion(
 
 def ftlens_scores(
     model: Any, prompt: str, target: str, seq: Sequence, *, hops_max: int = 3, tokenwise: bool = True,
-    chat_template: bool | None = None, explain: str = "output",
+    chat_template: bool | None = None, explain: str = "output", stop_rows: str = "keep",
 ) -> dict[str, tuple[Tensor, float, Any]]:
     """ftlens methods from two traces: ``ifr-tokenwise`` and one ``flashtrace`` trace with
     ``hops_max`` hops, from which ``flashtrace-h{k}`` (``F`` after ``k`` hops = sum of the first
@@ -174,16 +174,18 @@ def ftlens_scores(
     plus ``(k + 1) / (hops_max + 1)`` of the attribution time (one span pass per hop).  With
     ``explain="target"`` (hop 0 over reasoning + answer) the names carry a ``-target`` suffix
     after the family: ``ifr-tokenwise-target``, ``ifr-span-target``, ``flashtrace-target-h{k}``.
+    ``stop_rows`` is passed to every trace (the names do not change).
     """
     out: dict[str, tuple[Tensor, float, Any]] = {}
     sfx = "" if explain == "output" else f"-{explain}"
     if tokenwise:
         t0 = time.perf_counter()
-        tw = trace(model, prompt, target, method="ifr-tokenwise", chat_template=chat_template, explain=explain)
+        tw = trace(model, prompt, target, method="ifr-tokenwise", chat_template=chat_template, explain=explain,
+                   stop_rows=stop_rows)
         _check_ids(tw, seq)
         out[f"ifr-tokenwise{sfx}"] = (tw.scores, time.perf_counter() - t0, tw)
     tr = trace(model, prompt, target, method="flashtrace", hops=hops_max, chat_template=chat_template,
-               explain=explain)
+               explain=explain, stop_rows=stop_rows)
     _check_ids(tr, seq)
     cap, att = tr.timings.get("capture", 0.0), tr.timings.get("attribution", 0.0)
     h0 = tr.hops[0]

@@ -74,8 +74,11 @@ def unruns(r: list[list[int]]) -> list[int]:
 
 
 def extract(model: Any, tr: Any, rec: StudyRecord, *, chat_template: bool | None = None, top: int = 10,
-            rows: int = 3, dla: bool = True) -> dict[str, Any]:
-    """The stored result of one example (a JSON-ready dict; see the module docstring)."""
+            rows: int = 3, dla: bool = True, dla_result: Any = None) -> dict[str, Any]:
+    """The stored result of one example (a JSON-ready dict; see the module docstring).
+
+    ``dla_result``: the trace's DLA already computed in its own forward pass
+    (:class:`ftlens.residual.DLACollector`); without it, ``dla=True`` runs one more pass."""
     pp = tr.prompt_positions
     L, H = tr.n_layers, tr.n_heads
     evidence, segments = prompt_regions(model.tokenizer, rec, pp, chat_template)
@@ -84,10 +87,12 @@ def extract(model: Any, tr: Any, rec: StudyRecord, *, chat_template: bool | None
     heads: dict[str, str | None] = {"prompt": _f32(per_head)}
     heads["evidence"] = _f32(routed[:, :, evidence].sum(-1)) if evidence is not None else None
     heads["dla"] = None
-    if dla:
+    if dla and dla_result is None:
         from ..residual import direct_logit_attribution
 
-        heads["dla"] = _f32(direct_logit_attribution(model, tr).heads)
+        dla_result = direct_logit_attribution(model, tr)
+    if dla:
+        heads["dla"] = _f32(dla_result.heads)
     flat = per_head.flatten()
     order = torch.argsort(flat, descending=True)
     top_heads = [[int(i) // H, int(i) % H, float(flat[int(i)])] for i in order[:top]]

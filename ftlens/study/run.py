@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Sequence
 from .. import batch
 from ..errors import FtlensError, ModelLoadError, SpanError
 from ..fileio import atomic_write_text
+from ..residual import DLACollector
 from . import aggregate as agg
 from .causal import ablate_example
 from .extract import FORMAT, extract, unpack
@@ -117,14 +118,15 @@ def _study_json(meta: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- settings and requests
 def default_settings(model: Any, *, method: str, hops: int | None, threshold: float | None, explain: str,
-                     chat_template: bool | None) -> dict[str, Any]:
+                     chat_template: bool | None, stop_rows: str = "keep") -> dict[str, Any]:
     """The run-level request when the caller gives none (as :func:`ftlens.batch.run_settings`)."""
     from ..pipeline import model_name
 
     dtype = getattr(getattr(model, "cfg", None), "dtype", None)
     return {"method": method, "hops": (1 if hops is None else hops) if method == "flashtrace" else 0,
             "threshold": threshold, "explain": explain, "chat_template": chat_template,
-            "model": model_name(model), "dtype": str(dtype).removeprefix("torch.")}
+            "model": model_name(model), "dtype": str(dtype).removeprefix("torch."),
+            **batch.stop_rows_setting(stop_rows)}
 
 
 def _request(settings: dict[str, Any], rec: StudyRecord, max_new_tokens: int, extraction: dict[str, Any]):
@@ -198,6 +200,7 @@ def run_study(
     hops: int | None = None,
     threshold: float | None = None,
     explain: str = "output",
+    stop_rows: str = "keep",
     chat_template: bool | None = None,
     max_new_tokens: int = 128,
     top: int = 10,
@@ -239,7 +242,7 @@ def run_study(
                     "extra_sets": {name: [list(h) for h in v] for name, v in (extra_sets or {}).items()}}
     extraction = {"top": top, "rows": rows, "dla": dla}
     settings = settings or default_settings(model, method=method, hops=hops, threshold=threshold, explain=explain,
-                                            chat_template=chat_template)
+                                            chat_template=chat_template, stop_rows=stop_rows)
     folder = Path(out) if out is not None else None
     if folder is not None:
         if folder.exists() and not folder.is_dir():
@@ -257,11 +260,15 @@ def run_study(
         atomic_write_text(folder / "settings.json", json.dumps(agg_settings, indent=1) + "\n")
 
     def do_trace(r: StudyRecord):
+        """The trace and, with ``dla``, its DLA read in the same forward pass (no second pass)."""
         if trace_fn is not None:
-            return trace_fn(r)
-        return pipeline.trace(model, r.prompt, r.target, output=r.output, reasoning=r.reasoning, hops=hops,
-                              method=method, explain=explain, threshold=threshold, chat_template=chat_template,
-                              max_new_tokens=max_new_tokens)
+            return trace_fn(r), None
+        col = DLACollector(model) if dla else None
+        tr = pipeline.trace(model, r.prompt, r.target, output=r.output, reasoning=r.reasoning, hops=hops,
+                            method=method, explain=explain, threshold=threshold, chat_template=chat_template,
+                            max_new_tokens=max_new_tokens, stop_rows=stop_rows,
+                            collect=None if col is None else (lambda seq: col.hooks(seq.ids, seq.output)))
+        return tr, None if col is None else col.result()
 
     bar = None
     if progress:
@@ -287,8 +294,9 @@ def run_study(
                 examples.append(done)
             else:
                 try:
-                    tr = do_trace(r)
-                    ex = extract(model, tr, r, chat_template=chat_template, top=top, rows=rows, dla=dla)
+                    tr, dla_result = do_trace(r)
+                    ex = extract(model, tr, r, chat_template=chat_template, top=top, rows=rows, dla=dla,
+                                 dla_result=dla_result)
                 except ModelLoadError:
                     raise
                 except (FtlensError, RuntimeError) as exc:
