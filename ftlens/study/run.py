@@ -225,7 +225,9 @@ def run_study(
     or ``"auto"`` (one process: yes; a shard: when ``out/study.json`` from :func:`merge` exists);
     ``causal_n``: ablate only the first ``causal_n`` examples by line.  ``settings``: the run-level
     request (default from the model and method options).  ``trace_fn(record)`` replaces
-    ``ftlens.trace`` (the CLI passes its own).
+    ``ftlens.trace`` (DLA then needs one more forward pass per example); without it the trace's
+    own forward pass also reads DLA (:class:`ftlens.residual.DLACollector`).  ``stop_rows``: as
+    in :func:`ftlens.trace`.
     """
     from .. import pipeline
 
