@@ -154,7 +154,7 @@ def punct_mask(tok, ids: torch.Tensor) -> torch.Tensor:
     (:func:`ftlens.tokens.stop_tokens`, the tokens ``stop_rows="skip"`` does not trace)."""
     from ftlens.tokens import stop_tokens
 
-    return torch.tensor(stop_tokens(tok, ids.tolist()), dtype=torch.bool)
+    return stop_tokens(tok, ids.tolist())
 
 
 def write_results(run, rows, errors, elapsed, fill, tok) -> None:

@@ -169,7 +169,7 @@ def trace(
 
     t0 = time.perf_counter()
     row_scores = None
-    skip = torch.tensor(stop_tokens(model.tokenizer, seq.ids.tolist())) if stop_rows == "skip" else None
+    skip = stop_tokens(model.tokenizer, seq.ids.tolist()) if stop_rows == "skip" else None
     if method == "ifr-tokenwise":
         first, last = explained_span(seq.output, seq.reasoning, explain)
         traced = [t for t in range(first, last) if skip is None or not skip[t]] or list(range(first, last))

@@ -375,7 +375,7 @@ def step_graph(
     n_pos, row_start = seq.n, seq.prompt_len
     keep = torch.ones(n_pos, dtype=torch.bool)
     if stop_rows == "skip":
-        keep = ~torch.tensor(stop_tokens(model.tokenizer, seq.ids.tolist()))
+        keep = ~stop_tokens(model.tokenizer, seq.ids.tolist())
     dists, edge_rows, head_rows, route_rows, gaps = [], [], [], [], []
     t1 = time.perf_counter()
     for group in _groups(traced, _BATCH):

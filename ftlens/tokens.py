@@ -21,6 +21,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+from jaxtyping import Bool
+from torch import Tensor
+
 from .errors import SpanError
 
 __all__ = ["CONTINUATION", "tokenize_in_context", "decode_with_offsets", "display_tokens"]
@@ -154,11 +158,11 @@ def display_tokens(tokenizer: Any, ids: list[int]) -> list[str]:
 STOP_TEXTS = ("", ",", ".")
 
 
-def stop_tokens(tokenizer: Any, ids: list[int]) -> list[bool]:
+def stop_tokens(tokenizer: Any, ids: list[int]) -> Bool[Tensor, " pos"]:
     """Per id, whether it is a stop token: it decodes on its own to ``,`` or ``.`` (surrounding
     whitespace allowed) or to whitespace only.  These positions mostly gather the sentence or act
     as attention sinks; ``stop_rows="skip"`` keeps them as sources but does not trace their rows."""
-    return [tokenizer.decode([int(i)]).strip() in STOP_TEXTS for i in ids]
+    return torch.tensor([tokenizer.decode([int(i)]).strip() in STOP_TEXTS for i in ids], dtype=torch.bool)
 
 
 def _shown_once(text: str, offsets: list[tuple[int, int]]) -> list[str]:
