@@ -22,7 +22,8 @@ def _run(script: str, out: Path, *extra: str) -> None:
 
 
 @pytest.mark.parametrize("script", ["faithfulness.py", "head_study.py", "hops.py", "step_causal.py",
-                                    "recovery_settings.py", "head_atlas.py", "study_throughput.py"])
+                                    "recovery_settings.py", "recovery_ingredients.py", "head_atlas.py",
+                                    "study_throughput.py"])
 def test_help(script):
     r = subprocess.run([sys.executable, str(ROOT / "analyses" / script), "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--quick" in r.stdout
@@ -131,6 +132,43 @@ def test_recovery_settings_quick(tmp_path):
         shares = [float(r[c]) for c in ("to_template", "to_question", "to_evidence", "to_punct")]
         assert sum(shares) <= 1.0 + 1e-6
     assert "Command: `python analyses/recovery_settings.py" in (tmp_path / "recovery_settings.md").read_text()
+
+
+def test_recovery_ingredients_quick_reproduces_the_references_ranking_with_its_choices(tmp_path):
+    """Every (span, rows, handoff, hop, sources) variant is scored next to the reference; with the
+    reference's four choices ftlens ranks the prompt exactly as the reference does (same top 10%)."""
+    _run("recovery_ingredients.py", tmp_path)
+    rows = list(csv.DictReader((tmp_path / "recovery_ingredients.csv").open()))
+    ids = {r["id"] for r in rows}
+    assert len(ids) == 2
+    variants = {r["variant"] for r in rows}
+    # 2 spans x 2 rows x (h0 + 2 handoffs x 1 hop) x 2 sources, and the reference
+    assert len(variants) == 2 * 2 * 3 * 2 + 1 and "reference" in variants
+    theirs = [r for r in rows if r["variant"] == "target/skip/target/h1/masked"]
+    assert len(theirs) == 2 and all(float(r["same_top"]) == 1.0 and float(r["d_recovery"]) == 0.0 for r in theirs)
+    md = (tmp_path / "recovery_ingredients.md").read_text()
+    assert "Command: `python analyses/recovery_ingredients.py" in md and "one choice at a time" in md
+
+
+def test_recovery_ingredients_check_catches_a_recursion_that_differs_from_the_library():
+    """The script's own recursion is checked against ftlens.trace; a perturbed one is refused."""
+    sys.path.insert(0, str(ROOT / "analyses"))
+    import recovery_ingredients as RI
+
+    from ftlens.eval.tasks import make_examples
+    from ftlens.models import tiny_model
+    from ftlens.pipeline import prepare
+    from ftlens.tokens import stop_tokens
+
+    model = tiny_model("llama")
+    ex = make_examples("twohop", model.tokenizer, 1, 96, seed=100)[0]
+    cap = prepare(model, ex["prompt"], ex["target"])
+    got = RI.recursions(cap, cap.seq, stop_tokens(model.tokenizer, cap.seq.ids.tolist()), 1)
+    assert RI.check_library(model, ex, got, 1) <= 1e-5
+    key = ("target", "skip", "reasoning", 1)
+    got[key] = got[key] * 1.01
+    with pytest.raises(RuntimeError, match="differs from ftlens.trace"):
+        RI.check_library(model, ex, got, 1)
 
 
 def test_head_atlas_quick(tmp_path):
