@@ -88,17 +88,45 @@ def boot_ci(values, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, fl
 
 
 # ---------------------------------------------------------------------------- one example
-def step_drops(model, seq, steps: list[tuple[int, int]], fill: int) -> list[float]:
-    """Answer log-prob drop when each step's tokens are replaced by ``fill`` (one batch)."""
+def deletion_logprobs(model, seq, steps: list[tuple[int, int]], fill: int) -> torch.Tensor:
+    """``[1 + steps, target tokens]``: the target's per-token log-probs, unchanged (row 0) and
+    with each step's tokens replaced by ``fill`` (row ``1 + i``), teacher-forced, one batch."""
     batch = [seq.ids.clone()]
     for a, b in steps:
         x = seq.ids.clone()
         x[a:b] = fill
         batch.append(x)
-    start = seq.prompt_len
-    o0, o1 = seq.output
-    lp = target_logprobs(model, torch.stack(batch), start)[:, o0 - start : o1 - start].sum(-1)
-    return [float(lp[0] - lp[i]) for i in range(1, lp.shape[0])]
+    return target_logprobs(model, torch.stack(batch), seq.prompt_len)
+
+
+def span_drops(lp: torch.Tensor, start: int, a: int, b: int) -> list[float]:
+    """Per deletion, the drop of the summed log-prob of positions ``[a, b)``: unchanged - deleted."""
+    s = lp[:, a - start : b - start].sum(-1)
+    return [float(s[0] - s[i]) for i in range(1, s.shape[0])]
+
+
+def edge_rows(g, lp, seq, node_ids: list[int], label: str, ex_id: str) -> list[dict]:
+    """The edge check: for every traced step ``X`` after at least two candidate steps ``Y``,
+    Spearman between the graph's edges ``W[X, Y]`` and the drop of ``X``'s own log-prob when
+    ``Y`` is replaced -- the same teacher-forced deletions, read at ``X`` instead of the answer.
+    ``recency`` (the nearer ``Y``, the higher) is the baseline ranking."""
+    rows = []
+    for x in g.steps:
+        a, b = g.nodes[x].start, g.nodes[x].end
+        earlier = [j for j, i in enumerate(node_ids) if g.nodes[i].end <= a]
+        if len(earlier) < 2:
+            continue
+        drops_all = span_drops(lp, seq.prompt_len, a, b)
+        drops = [drops_all[j] for j in earlier]
+        w = [g.edge(x, node_ids[j]) for j in earlier]
+        top = max(range(len(w)), key=lambda i: (w[i], -i))
+        rows.append({
+            "task": label, "id": ex_id, "node": g.nodes[x].name, "n_earlier": len(earlier),
+            "spearman_edge": spearman(w, drops), "spearman_recency": spearman([float(j) for j in earlier], drops),
+            "top_minus_mean": drops[top] - sum(drops) / len(drops),
+            "weights": json.dumps([round(v, 5) for v in w]), "drops": json.dumps([round(v, 4) for v in drops]),
+        })
+    return rows
 
 
 def weightings(model, ex, seq, g, steps: list[tuple[int, int]], node_ids: list[int], hops: int) -> dict:
@@ -118,7 +146,7 @@ def weightings(model, ex, seq, g, steps: list[tuple[int, int]], node_ids: list[i
     }
 
 
-def example_rows(model, ex, label, fill, args) -> list[dict]:
+def example_rows(model, ex, label, fill, args) -> tuple[list[dict], list[dict]]:
     seq, case, _ = build_case(model, ex)
     t0 = time.perf_counter()
     g = step_graph(model, ex["prompt"], ex["target"])
@@ -128,7 +156,8 @@ def example_rows(model, ex, label, fill, args) -> list[dict]:
     node_ids = [i for i in g.steps if r0 <= g.nodes[i].start and g.nodes[i].end <= r1]
     steps = [(g.nodes[i].start, g.nodes[i].end) for i in node_ids]
     secs = time.perf_counter() - t0
-    drops = step_drops(model, seq, steps, fill)
+    lp = deletion_logprobs(model, seq, steps, fill)
+    drops = span_drops(lp, seq.prompt_len, *seq.output)
     ws = weightings(model, ex, seq, g, steps, node_ids, args.recursion_hops)
     pick = random.Random(f"{args.seed}:{ex['id']}").randrange(len(steps))
     rows = []
@@ -145,7 +174,7 @@ def example_rows(model, ex, label, fill, args) -> list[dict]:
             "weights": json.dumps([round(x, 5) for x in w]), "drops": json.dumps([round(x, 4) for x in drops]),
             "graph_seconds": secs,
         })
-    return rows
+    return rows, edge_rows(g, lp, seq, node_ids, label, ex["id"])
 
 
 # ---------------------------------------------------------------------------- report
@@ -163,6 +192,24 @@ def summarise(rows: list[dict], n_boot: int) -> list[dict]:
                 mu, lo, hi, n = boot_ci([r[m] for r in rs], n_boot, seed=len(out))
                 d[m], d[m + "_lo"], d[m + "_hi"], d[m + "_n"] = mu, lo, hi, n
             out.append(d)
+    return out
+
+
+EDGE_METRICS = ("spearman_edge", "spearman_recency", "top_minus_mean")
+
+
+def summarise_edges(edges: list[dict], n_boot: int) -> list[dict]:
+    """Per task and over all: mean and bootstrap CI of the edge check's metrics over the checked nodes."""
+    out = []
+    for t in list(dict.fromkeys(e["task"] for e in edges)) + ["all"]:
+        es = [e for e in edges if t == "all" or e["task"] == t]
+        if not es:
+            continue
+        d = {"task": t, "n": len(es), "earlier_per_node": sum(e["n_earlier"] for e in es) / len(es)}
+        for m in EDGE_METRICS:
+            mu, lo, hi, n = boot_ci([e[m] for e in es], n_boot, seed=len(out))
+            d[m], d[m + "_lo"], d[m + "_hi"], d[m + "_n"] = mu, lo, hi, n
+        out.append(d)
     return out
 
 
@@ -188,7 +235,7 @@ def checks(summary: list[dict]) -> list[list[str]]:
     return lines
 
 
-def report(run, rows, summary, elapsed, fill, tok) -> str:
+def report(run, rows, summary, elapsed, fill, tok, edge_summary=()) -> str:
     args = run.args
     n_ex = len({r["id"] for r in rows})
     md = run.header("Causal check of the step graph: deleting reasoning steps") + [
@@ -217,6 +264,18 @@ def report(run, rows, summary, elapsed, fill, tok) -> str:
             [w] + [_ci(by[(t, w)], metric) if (t, w) in by else "-" for t in tasks] for w in WEIGHTINGS])]
     md += ["", "## Target checks (graph weighting)", "",
            S.markdown_table(["target", "value", "status"], checks(summary)), ""]
+    if edge_summary:
+        md += ["## Edge check: the graph's step-to-step edges against the same deletions", "",
+               "For every traced step `X` (the `</think>` node included) with at least two candidate steps `Y` "
+               "before it: Spearman between the graph's edges `W[X, Y]` and the drop of `X`'s own teacher-forced "
+               "log-prob when `Y` is replaced (the deletions above, read at `X` instead of the answer); `recency` "
+               "ranks the nearer `Y` higher (a baseline); `top - mean` is the drop of the `Y` with the largest "
+               "edge minus the mean drop over `X`'s candidates, in nats. Mean and 95 % bootstrap CI over the "
+               "checked nodes (`n`); with two candidates a Spearman is +1 or -1.", "",
+               S.markdown_table(["task", "nodes checked", "candidates/node", "Spearman W[X, Y]",
+                                 "Spearman recency", "top - mean (nats)"], [
+                   [d["task"], d["n"], f"{d['earlier_per_node']:.1f}", _ci(d, "spearman_edge"),
+                    _ci(d, "spearman_recency"), _ci(d, "top_minus_mean")] for d in edge_summary]), ""]
     return "\n".join(md) + "\n"
 
 
@@ -229,16 +288,21 @@ def main(argv=None) -> int:
     fill = default_fill(tok)
     jobs = run.task_jobs(args.tasks, tok, args.n, args.chain_length, args.needle_length)
     rows: list[dict] = []
+    edges: list[dict] = []
     t_start = time.perf_counter()
     bar = run.progress(jobs, "step_causal")
     for label, ex in bar:
         bar.set_postfix_str(label)
-        rows += example_rows(model, ex, label, fill, args)
+        ex_rows, ex_edges = example_rows(model, ex, label, fill, args)
+        rows += ex_rows
+        edges += ex_edges
         S.write_csv(run.path("step_causal.csv"), rows)
+        S.write_csv(run.path("step_causal_edges.csv"), edges)
     elapsed = time.perf_counter() - t_start
     summary = summarise(rows, args.boot)
     S.write_csv(run.path("step_causal_summary.csv"), summary)
-    S.write_text(run.path("step_causal.md"), report(run, rows, summary, elapsed, fill, tok))
+    edge_summary = summarise_edges(edges, args.boot)
+    S.write_text(run.path("step_causal.md"), report(run, rows, summary, elapsed, fill, tok, edge_summary))
     run.done("step_causal.md", rows, elapsed)
     return 0
 

@@ -107,6 +107,15 @@ def test_step_causal_quick(tmp_path):
         assert s != s or -1.0 - 1e-9 <= s <= 1.0 + 1e-9
     md = (tmp_path / "step_causal.md").read_text()
     assert "Command: `python analyses/step_causal.py" in md and "Spearman" in md
+    # the edge check reads the same deletions at every later step: one row per step with >= 2 candidates
+    edges = list(csv.DictReader((tmp_path / "step_causal_edges.csv").open()))
+    assert edges and "## Edge check" in md
+    for e in edges:
+        w, d = json.loads(e["weights"]), json.loads(e["drops"])
+        assert len(w) == len(d) == int(e["n_earlier"]) >= 2 and all(0.0 <= x <= 1.0 for x in w)
+        for m in ("spearman_edge", "spearman_recency"):
+            s = float(e[m])
+            assert s != s or -1.0 - 1e-9 <= s <= 1.0 + 1e-9
 
 
 def test_step_causal_spearman_uses_average_ranks():
