@@ -70,8 +70,15 @@ def parse(argv=None):
     p.add_argument("--no-reference", action="store_true", help="skip the reference package")
     p.add_argument("--stop-rows", nargs="+", default=["keep", "skip"], choices=["keep", "skip"],
                    help="ftlens settings to run: stop_rows keep and/or skip (default both)")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=None,
+                   help="score only these methods (default: every method of the chosen --stop-rows settings)")
     p.add_argument("--name", default="recovery_settings")
     a = p.parse_args(argv)
+    for m in a.methods or ():
+        need = "reference" if m == "reference" else ("skip" if "-skip" in m else "keep")
+        if (need == "reference" and a.no_reference) or (need != "reference" and need not in a.stop_rows):
+            p.error(f"--methods {m} needs " + ("the reference (drop --no-reference)" if need == "reference"
+                                               else f"--stop-rows {need}"))
     if a.quick:
         a.n, a.k, a.chain_length, a.needle_length = 1, 5, 96, 96
         if a.tasks == list(TASKS):
@@ -157,6 +164,8 @@ def main(argv=None) -> int:
         punct = punct_mask(tok, seq.ids)
         groups = evidence_sentences(model, ex, case)
         for m, (s, secs) in method_scores(model, ex, seq, fmt, args).items():
+            if args.methods is not None and m not in args.methods:
+                continue
             ps = s[case.prompt_pos].float()
             met = sc.evaluate(ps, pct=args.pct)
             masked = ps.masked_fill(punct[case.prompt_pos], 0.0)

@@ -143,6 +143,21 @@ def test_recovery_settings_quick(tmp_path):
     assert "Command: `python analyses/recovery_settings.py" in (tmp_path / "recovery_settings.md").read_text()
 
 
+def test_recovery_settings_methods_must_come_from_the_chosen_settings(capsys):
+    """--methods scores a subset; a method the chosen --stop-rows settings do not run is refused."""
+    sys.path.insert(0, str(ROOT / "analyses"))
+    import recovery_settings as RS
+
+    a = RS.parse(["--methods", "flashtrace-h1", "flashtrace-target-skip-h1", "reference"])
+    assert a.methods == ["flashtrace-h1", "flashtrace-target-skip-h1", "reference"]
+    for bad in (["--methods", "flashtrace-skip-h1", "--stop-rows", "keep"],
+                ["--methods", "stepgraph", "--stop-rows", "skip"],
+                ["--methods", "reference", "--no-reference"]):
+        with pytest.raises(SystemExit):
+            RS.parse(bad)
+        assert "--methods" in capsys.readouterr().err
+
+
 def test_recovery_ingredients_quick_reproduces_the_references_ranking_with_its_choices(tmp_path):
     """Every (span, rows, handoff, hop, sources) variant is scored next to the reference; with the
     reference's four choices ftlens ranks the prompt exactly as the reference does (same top 10%)."""
