@@ -33,7 +33,6 @@ Reported per variant: Recovery@10%, its paired difference to the reference (mean
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
@@ -43,7 +42,7 @@ from ftlens.aggregate import span_shares
 from ftlens.eval import scaffold as S
 from ftlens.eval.cases import build_case
 from ftlens.eval.loading import load_model_for
-from ftlens.eval.metrics import ranking, recovery
+from ftlens.eval.metrics import recovery, top_slots
 from ftlens.eval.reference import reference_flashtrace
 from ftlens.pipeline import prepare
 from ftlens.tokens import stop_tokens
@@ -159,8 +158,7 @@ def main(argv=None) -> int:
             worst = max(worst, check_library(model, ex, got, args.hops))
             checked[label] = checked.get(label, 0) + 1
         ref = None if args.no_reference else reference_flashtrace(model, seq, fmt, hops=1)[case.prompt_pos].float()
-        top = max(1, math.ceil(args.pct / 100 * len(case.prompt_pos)))
-        ref_top = None if ref is None else set(ranking(ref)[:top].tolist())
+        ref_top = None if ref is None else set(top_slots(ref, args.pct).tolist())
         ref_rec = float("nan") if ref is None else recovery(ref, case.evidence, args.pct)
         if ref is not None:
             rows.append({"task": label, "id": ex["id"], "variant": "reference", "recovery": ref_rec,
@@ -171,7 +169,7 @@ def main(argv=None) -> int:
                 if sources == "masked":
                     ps = ps.masked_fill(stop[case.prompt_pos], 0.0)
                 rec = recovery(ps, case.evidence, args.pct)
-                same = float("nan") if ref_top is None else float(set(ranking(ps)[:top].tolist()) == ref_top)
+                same = float("nan") if ref_top is None else float(set(top_slots(ps, args.pct).tolist()) == ref_top)
                 rows.append({"task": label, "id": ex["id"], "variant": variant(span, rws, handoff, k, sources),
                              "recovery": rec, "d_recovery": rec - ref_rec, "same_top": same})
         S.write_csv(run.path(f"{args.name}.csv"), rows)

@@ -38,7 +38,7 @@ from ftlens.eval import baselines as B
 from ftlens.eval import scaffold as S
 from ftlens.eval.cases import build_case
 from ftlens.eval.loading import load_model_for
-from ftlens.eval.metrics import ranking, recovery
+from ftlens.eval.metrics import recovery, top_slots
 from ftlens.eval.reference import reference_flashtrace
 from ftlens.eval.scoring import Scorer, default_fill
 from ftlens.spans import format_prompt
@@ -115,7 +115,7 @@ def diagnostics(s, case, punct, question, pct) -> dict:
     pu = punct[:inputs_end] & prompt & ~ev
     share = (lambda m: float(w[m].sum()) / total) if total > 0 else (lambda m: float("nan"))
     ps = s[case.prompt_pos].float()
-    top = ranking(ps)[: max(1, math.ceil(pct / 100 * ps.numel()))]
+    top = top_slots(ps, pct)
     pmask = punct[case.prompt_pos]
     return {"to_template": share(~prompt), "to_question": share(q & ~ev), "to_evidence": share(ev),
             "to_punct": share(pu & ~q), "punct_top": float(pmask[top].float().mean())}

@@ -26,5 +26,6 @@ AXES: dict[str, str] = {
     "node": "nodes of a step graph: input segments, reasoning steps, the answer",
     "vocab": "the model's vocabulary (logits)",
     "batch": "perturbed copies of one sequence scored together (faithfulness metrics)",
+    "top": "the highest-scored positions kept by a ranking metric (the top pct% of prompt positions)",
 }
 #: Fixed sizes (``"batch 2"``) are numbers, not names, and need no entry.

@@ -73,6 +73,13 @@ def test_recovery_counts_evidence_in_top_ten_percent():
     assert math.isnan(ev.recovery(scores, []))
 
 
+def test_top_slots_are_the_ceil_pct_highest_with_ties_in_order():
+    scores = torch.tensor([1.0, 3.0, 3.0, 0.0, 2.0, 0.5, 0.5, 0.1, 0.2, 0.3, 0.4])  # 11 -> ceil(1.1) = 2 slots
+    assert ev.top_slots(scores).tolist() == [1, 2]
+    assert ev.top_slots(scores, pct=30).tolist() == [1, 2, 4, 0]  # ceil(3.3) = 4
+    assert ev.top_slots(scores[:3], pct=1).tolist() == [1]  # never fewer than one slot
+
+
 
 def test_scorer_curves_on_tiny_model_are_consistent(tiny_llama):
     torch.manual_seed(0)

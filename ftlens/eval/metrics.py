@@ -103,13 +103,17 @@ def mas(s: Sequence[float], d: Sequence[float]) -> float:
     return _area(c)
 
 
+def top_slots(scores: Float[Tensor, " prompt"], pct: float | int = 10.0) -> Int[Tensor, " top"]:
+    """Indices of the top ``max(1, ceil(pct% * n))`` of ``scores`` (:func:`ranking` order)."""
+    return ranking(scores)[: max(1, math.ceil(pct / 100.0 * scores.numel()))]
+
+
 def recovery(scores: Float[Tensor, " prompt"], evidence: Sequence[int], pct: float | int = 10.0) -> float:
     """Fraction of ``evidence`` (indices into ``scores``) in the top ``ceil(pct% * n)``."""
     ev = set(int(i) for i in evidence)
     if not ev:
         return float("nan")
-    top = max(1, math.ceil(pct / 100.0 * scores.numel()))
-    chosen = set(ranking(scores)[:top].tolist())
+    chosen = set(top_slots(scores, pct).tolist())
     return len(ev & chosen) / len(ev)
 
 
