@@ -188,11 +188,15 @@ def summarise(rows: list[dict], n_boot: int) -> list[dict]:
                 continue
             d = {"task": t, "weighting": w, "n": len(rs),
                  "steps_per_example": sum(r["n_steps"] for r in rs) / len(rs)}
-            for m in METRICS:
-                mu, lo, hi, n = boot_ci([r[m] for r in rs], n_boot, seed=len(out))
-                d[m], d[m + "_lo"], d[m + "_hi"], d[m + "_n"] = mu, lo, hi, n
-            out.append(d)
+            out.append(with_cis(d, rs, METRICS, n_boot, seed=len(out)))
     return out
+
+
+def with_cis(d: dict, rs: list[dict], metrics, n_boot: int, seed: int) -> dict:
+    """``d`` with, per metric ``m``, the mean ``m`` and ``m_lo`` / ``m_hi`` / ``m_n`` of :func:`boot_ci` over ``rs``."""
+    for m in metrics:
+        d[m], d[m + "_lo"], d[m + "_hi"], d[m + "_n"] = boot_ci([r[m] for r in rs], n_boot, seed=seed)
+    return d
 
 
 EDGE_METRICS = ("spearman_edge", "spearman_recency", "top_minus_mean")
@@ -206,10 +210,7 @@ def summarise_edges(edges: list[dict], n_boot: int) -> list[dict]:
         if not es:
             continue
         d = {"task": t, "n": len(es), "earlier_per_node": sum(e["n_earlier"] for e in es) / len(es)}
-        for m in EDGE_METRICS:
-            mu, lo, hi, n = boot_ci([e[m] for e in es], n_boot, seed=len(out))
-            d[m], d[m + "_lo"], d[m + "_hi"], d[m + "_n"] = mu, lo, hi, n
-        out.append(d)
+        out.append(with_cis(d, es, EDGE_METRICS, n_boot, seed=len(out)))
     return out
 
 
