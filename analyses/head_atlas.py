@@ -158,7 +158,7 @@ def report(run, args, study: Study, retr: torch.Tensor, n_retr: int, times: dict
     top_rows = [[n, fmt(top_k(v, k))] for n, v in names.items()]
     cs = study.causal_summary
     causal_rows = [[r["set"], r["mode"], r["k"], r["n"], f"{r['mean_drop']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]",
-                    "" if r["ratio_to_random"] is None else f"{r['ratio_to_random']:.2f}",
+                    "" if r["ratio_to_random"] is None else (r.get("ratio_note") or f"{r['ratio_to_random']:.2f}"),
                     "" if r["diff_vs_random"] is None else
                     f"{r['diff_vs_random']:.3f} [{r['diff_ci_low']:.3f}, {r['diff_ci_high']:.3f}]"] for r in cs]
     stab = {}
@@ -182,7 +182,8 @@ def report(run, args, study: Study, retr: torch.Tensor, n_retr: int, times: dict
         "## Top heads", "", S.markdown_table(["ranking", f"top {k}"], top_rows), "",
         "## Agreement", "", S.markdown_table(["rankings", f"top-{k} overlap", "Spearman (all heads)"], comp), "",
         "## Ablation (drop in the answer's summed log-prob; mean [95% CI] over examples)", "",
-        "`random`: each example's mean over its random sets; ratio = mean drop / random mean drop; "
+        "`random`: each example's mean over its random sets; ratio = mean drop / random mean drop, defined only "
+        "when the random mean drop is positive with a 95% interval that excludes 0; "
         "diff = paired difference to random.", "",
         S.markdown_table(["set", "mode", "k", "n", "drop", "ratio to random", "diff vs random"], causal_rows), "",
         "## Split-half stability (20 random halvings)", "",

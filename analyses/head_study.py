@@ -31,6 +31,7 @@ from ftlens.eval.loading import load_model_for
 from ftlens.eval.tasks import TASKS
 from ftlens.records import unravel_head
 from ftlens.study.causal import ablated_logprobs, clean_pass
+from ftlens.study.stats import mean_ci, ratio_to_baseline
 
 RANKINGS = ("ftlens", "ftlens-route", "random", "attention")
 
@@ -116,15 +117,22 @@ def finish(run, rows, n_examples, elapsed, ks) -> int:
             for mode in ("zero", "mean"):
                 if (rk, mode, 5) not in by:
                     continue
-                f, r = by[(rk, mode, 5)]["drop"], by[("random", mode, 5)]["drop"]
-                diff, diff_se = paired_difference(rows, rk, mode, 5)
-                value = (f"{f:.3f} / {r:.3f} = {f / r:.2f}" if r > 0 else f"{f:.3f} vs {r:.3f} (ratio undefined)") \
-                    + f"; paired difference {diff:.3f} ± {diff_se:.3f}"
-                if r > 0:
-                    status = "met" if f >= 3 * r else "MISSED"
-                else:  # random heads do not lower the answer on average: f >= 3r holds for any f >= 0
-                    status = ("met: random drop <= 0, ftlens drop > 0 by > 3 s.e. of the paired difference"
-                              if f > 0 and diff > 3 * diff_se else "MISSED")
+                f = by[(rk, mode, 5)]["drop"]
+                rnd = mean_ci([r["drop"] for r in rows if r["ranking"] == "random" and r["mode"] == mode and r["k"] == 5])
+                ratio, why = ratio_to_baseline(f, rnd)
+                diff = mean_ci(paired_differences(rows, rk, mode, 5))
+                value = (f"{f:.3f} / {rnd['mean']:.3f} = {ratio:.2f}" if why is None else
+                         f"{f:.3f} vs {rnd['mean']:.3f} [{rnd['ci_low']:.3f}, {rnd['ci_high']:.3f}]: ratio {why}") \
+                    + f"; paired difference {diff['mean']:.3f} [{diff['ci_low']:.3f}, {diff['ci_high']:.3f}]"
+                if why is None:
+                    status = "met" if f >= 3 * rnd["mean"] else "MISSED"
+                else:  # a ratio to random heads that cost nothing means nothing: the target cannot be read
+                    status = "not assessable (ratio undefined); " + (
+                        "the heads cost more than random ones: the paired difference's 95% interval is above 0"
+                        if diff["ci_low"] > 0 else
+                        "the heads cost less than random ones: the paired difference's 95% interval is below 0"
+                        if diff["ci_high"] < 0 else "no difference from random ones: the paired difference's 95% "
+                        "interval contains 0")
                 checks.append([f"top-5 {rk} vs 5 random heads, {mode}-ablation: drop >= 3x random", value, status])
     md = run.header("Head study: ablating the heads ftlens ranks highest") + [
           f"Model: {run.model_label}; {n_examples} examples "
@@ -149,12 +157,10 @@ def finish(run, rows, n_examples, elapsed, ks) -> int:
     return 0
 
 
-def paired_difference(rows, ranking: str, mode: str, k: int) -> tuple[float, float]:
-    """Mean and standard error over examples of ``drop(ranking) - drop(random)`` at ``k``."""
+def paired_differences(rows, ranking: str, mode: str, k: int) -> list[float]:
+    """Per example, ``drop(ranking) - drop(random)`` at ``k``."""
     by = {(r["id"], r["ranking"]): r["drop"] for r in rows if r["mode"] == mode and r["k"] == k}
-    d = [by[(i, ranking)] - by[(i, "random")] for (i, rk) in by if rk == ranking and (i, "random") in by]
-    mu, se, _ = S.mean_se(d)
-    return mu, se
+    return [by[(i, ranking)] - by[(i, "random")] for (i, rk) in by if rk == ranking and (i, "random") in by]
 
 
 def plot(summary, path):

@@ -13,11 +13,33 @@ from __future__ import annotations
 from ._version import __version__
 
 from .errors import FtlensError, ModelLoadError, SchemaError, SpanError, TraceError
-from .spans import Select
-from .result import Trace
-from .generation import Generation, generate, generate_ids
 from .options import METHODS
-from .pipeline import trace
+
+# The rest loads on first use (PEP 562), so `ftlens --help` and `import ftlens.cli` need no torch.
+
+
+def __getattr__(name: str):
+    if name == "trace":
+        from .pipeline import trace
+
+        return trace
+    if name == "Trace":
+        from .result import Trace
+
+        return Trace
+    if name == "Select":
+        from .spans import Select
+
+        return Select
+    if name in ("Generation", "generate", "generate_ids"):
+        from . import generation
+
+        return getattr(generation, name)
+    raise AttributeError(f"module 'ftlens' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def load_model(name: str | None = None, *, device=None, dtype=None, device_map=None):

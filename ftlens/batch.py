@@ -62,8 +62,21 @@ class Record:
 
 @dataclass
 class BadLine:
+    """An input line that is not a usable record; ``id`` is its ``"id"`` when the line has a readable one."""
+
     line: int
     message: str
+    id: str | None = None
+
+
+def line_id(text: str) -> str | None:
+    """The ``"id"`` of a JSON line that is otherwise unusable (``None`` when it has no readable id)."""
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    rid = obj.get("id") if isinstance(obj, dict) else None
+    return str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) else None
 
 
 @dataclass
@@ -148,11 +161,12 @@ def read_records(path: str | Path, shard: tuple[int, int] = (0, 1)) -> tuple[lis
             rec = parse_record(text, lineno)
         except FtlensError as exc:
             if mine:
-                bad.append(BadLine(lineno, str(exc)))
+                bad.append(BadLine(lineno, str(exc), line_id(text)))
             continue
         if rec.key in seen:
             if mine:
-                bad.append(BadLine(lineno, f"id {rec.id!r} (file {rec.key}.json) repeats line {seen[rec.key]}; make ids unique"))
+                bad.append(BadLine(lineno, f"id {rec.id!r} (file {rec.key}.json) repeats line {seen[rec.key]}; make ids unique",
+                                   rec.id))
             continue
         seen[rec.key] = lineno
         if mine:
@@ -192,8 +206,11 @@ def stop_rows_setting(stop_rows: str) -> dict[str, str]:
     return {} if stop_rows == "keep" else {"stop_rows": stop_rows}
 
 
-def record_request(r: Record, max_new_tokens: int | None = None) -> dict[str, Any]:
-    """The record-level part of a trace's request (hashes of the texts, raw span values)."""
+def record_request(r: Record, max_new_tokens: int | None = None, stop_at: str = "auto") -> dict[str, Any]:
+    """The record-level part of a trace's request (hashes of the texts, raw span values; for a
+    generated target also ``max_new_tokens`` and ``stop_at``: traces generated before ``stop_at``
+    existed ran on past the first line and split their text by the given-target rule, so they are
+    stale)."""
     req: dict[str, Any] = {
         "prompt_sha256": _sha256(r.prompt),
         "target_sha256": None if r.target is None else _sha256(r.target),
@@ -202,6 +219,7 @@ def record_request(r: Record, max_new_tokens: int | None = None) -> dict[str, An
     }
     if r.target is None:  # the generated target depends on it
         req["max_new_tokens"] = max_new_tokens
+        req["stop_at"] = stop_at
     return req
 
 
@@ -284,7 +302,7 @@ def run_batch(
                 "pass --resume to keep them and do the rest, or use another --out folder"
             )
     out.mkdir(parents=True, exist_ok=True)
-    outcomes = {b.line: Outcome(b.line, None, None, "bad-line", b.message) for b in bad}
+    outcomes = {b.line: Outcome(b.line, None, b.id, "bad-line", b.message) for b in bad}
     for r in records:
         outcomes[r.line] = Outcome(r.line, r.key, r.id, "pending")
     bar = None

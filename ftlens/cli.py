@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import FtlensError, SpanError
-from .options import check_options
-from .spans import parse_span
+from .options import STOP_AT, check_options
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -182,6 +181,8 @@ def _write_html(tr, path: str) -> Path:
 def _cmd_trace(args: argparse.Namespace) -> int:
     import ftlens
 
+    from .spans import parse_span
+
     prompt = read_text_arg(args.prompt, "--prompt")
     _check_prompt(prompt)
     target = read_text_arg(args.target, "--target") if args.target is not None else None
@@ -208,12 +209,14 @@ def _cmd_trace(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         chat_template=chat_template,
         max_new_tokens=args.max_new_tokens,
+        stop_at=args.stop_at,
         progress=not args.no_progress,
     )
     if target is None:
         rows = int(tr.params["rows"])
         generated = model.tokenizer.decode(tr.ids[len(tr.ids) - rows:], skip_special_tokens=False)
-        eos = " (stopped on EOS, not traced)" if tr.params.get("stopped_on_eos") else ""
+        eos = {"eos": " (stopped on EOS, not traced)", "line": " (cut at its first line break)",
+               "length": " (max_new_tokens ran out)"}.get(tr.params.get("stopped_on"), "")
         print(f"generated target: {generated!r}{eos}")
     print(tr.summary(args.top))
     if args.json:
@@ -255,11 +258,11 @@ def _cmd_batch(args: argparse.Namespace) -> int:
             model[0], r.prompt, r.target, output=r.output, reasoning=r.reasoning, hops=args.hops, explain=args.explain,
             stop_rows=args.stop_rows,
             method=args.method, threshold=args.threshold, chat_template=chat_template,
-            max_new_tokens=args.max_new_tokens, progress=False,
+            max_new_tokens=args.max_new_tokens, stop_at=args.stop_at, progress=False,
         )
 
     def request_fn(r: Record) -> dict[str, Any]:
-        return {**settings, **record_request(r, args.max_new_tokens)}
+        return {**settings, **record_request(r, args.max_new_tokens, args.stop_at)}
 
     outcomes = run_batch(args.input, args.out, trace_fn, request_fn=request_fn, shard=args.shard,
                          resume=args.resume, progress=not args.no_progress)
@@ -295,13 +298,16 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 def _cmd_study_run(args: argparse.Namespace) -> int:
     """``ftlens study run``: a head study over a JSONL file (library: :mod:`ftlens.study`)."""
     from .batch import run_settings
-    from .study import read_study_records, run_study, shard_from_env
+    from .study import run_study, shard_from_env
+    from .study.aggregate import causal_lines
+    from .study.run import study_inputs
 
     check_options(args.method, args.hops, args.threshold, stop_rows=args.stop_rows)
     check_writable_dir(args.out, "--out")
     check_model_options(args)
     shard = shard_from_env(args.shard)
-    read_study_records(args.input, shard)  # a missing or unreadable file is refused before the model loads
+    # a missing, unreadable or empty file, or a measure some record lacks, is refused before the model loads
+    study_inputs(args.input, shard, rank_by=args.rank_by, dla=not args.no_dla)
     set_threads(args)
     chat_template = False if args.no_chat_template else None
     model = _load(args)
@@ -310,7 +316,8 @@ def _cmd_study_run(args: argparse.Namespace) -> int:
                       draws=args.draws, causal=args.causal, causal_n=args.causal_n, rank_by=args.rank_by,
                       method=args.method, hops=args.hops, threshold=args.threshold, explain=args.explain,
                       stop_rows=args.stop_rows,
-                      chat_template=chat_template, max_new_tokens=args.max_new_tokens, rows=args.rows,
+                      chat_template=chat_template, max_new_tokens=args.max_new_tokens, stop_at=args.stop_at,
+                      rows=args.rows,
                       dla=not args.no_dla, seed=args.seed, settings=run_settings(args),
                       progress=not args.no_progress)
     i, n = shard
@@ -320,6 +327,8 @@ def _cmd_study_run(args: argparse.Namespace) -> int:
     if n == 1:
         top = ", ".join(f"L{l}H{h}" for l, h in study.top_heads(args.k, args.rank_by))
         print(f"top {args.k} heads by {args.rank_by}: {top}; tables written to {args.out}")
+        for line in causal_lines(study.causal_summary):
+            print(line)
     elif not study.ablation:
         print(f"next: ftlens study merge {args.out}, then rerun the shards with --resume for the causal pass")
     failed = study.meta["failed"]
@@ -453,6 +462,9 @@ def _method_options(p: argparse.ArgumentParser) -> None:
                    help="the target's ',' '.' and blank rows: keep = trace them (default), skip = do not trace them")
     g.add_argument("--threshold", type=float, default=None, help="zero normalised per-layer shares below this, in [0, 1)")
     g.add_argument("--max-new-tokens", type=_positive_int, default=128, help="tokens to generate when there is no target (default 128)")
+    g.add_argument("--stop-at", choices=list(STOP_AT), default="auto",
+                   help="where a generated target stops: auto = at its first line break when the prompt is raw text "
+                   "(--no-chat-template or no template), at EOS with the chat template (default); line; eos")
     g.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text, without the chat template")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from .errors import TraceError
 
 #: Attribution methods (method §7, §8, §10).
@@ -18,23 +16,12 @@ METHODS = ("flashtrace", "ifr-span", "ifr-tokenwise")
 EXPLAIN = ("output", "target")
 #: What span passes do with the target's stop-token rows (``,`` ``.`` blank): trace them, or skip them.
 STOP_ROWS = ("keep", "skip")
+#: Where a generated target stops: auto (line for raw-text prompts, eos for chat ones), line, eos.
+STOP_AT = ("auto", "line", "eos")
 #: Largest ``hops`` accepted; recursion stops earlier once the pending mass is <= PENDING_TOL.
 MAX_HOPS = 1000
 #: Pending (reasoning) mass below which further hops change no score by more than this.
 PENDING_TOL = 1e-6
-#: The completeness guard's default tolerance per model dtype (relative L1 gap per layer,
-#: method §3).  Measured on SmolLM2-135M, needle example, hops=2: max gap 8.7e-7 (float32),
-#: 6.0e-3 (bfloat16), 7.9e-4 (float16); a missing post-norm fold gives 0.66-7 (issue 10).
-TOLERANCES = {torch.float32: 1e-4, torch.float64: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
-
-
-def default_tolerance(model: Any) -> float:
-    """The guard's tolerance for the dtype the model runs in (see :data:`TOLERANCES`)."""
-    try:
-        dtype = next(model.parameters()).dtype
-    except (StopIteration, AttributeError, TypeError):
-        dtype = torch.float32
-    return TOLERANCES.get(dtype, 1e-4)
 
 
 def check_options(
@@ -44,6 +31,7 @@ def check_options(
     explain: str = "output",
     completeness_tol: float | int | None = None,
     stop_rows: str = "keep",
+    stop_at: str = "auto",
 ) -> int:
     """Refuse bad trace options with a one-line :class:`TraceError`; returns the hops to run.
 
@@ -56,6 +44,8 @@ def check_options(
         raise TraceError(f"explain must be 'output' (the answer span) or 'target' (reasoning + answer), got {explain!r}")
     if stop_rows not in STOP_ROWS:
         raise TraceError(f"stop_rows must be 'keep' or 'skip' (the target's ',' '.' and blank rows), got {stop_rows!r}")
+    if stop_at not in STOP_AT:
+        raise TraceError(f"stop_at must be 'auto', 'line' or 'eos' (where a generated target stops), got {stop_at!r}")
     if hops is not None and (not isinstance(hops, int) or isinstance(hops, bool) or not 0 <= hops <= MAX_HOPS):
         raise TraceError(f"hops must be an integer in [0, {MAX_HOPS}], got {hops!r}; hops=0 means no recursion")
     if hops not in (None, 0) and method != "flashtrace":

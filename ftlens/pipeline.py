@@ -14,11 +14,11 @@ import torch
 from torch import Tensor
 
 from ._version import __version__
-from .aggregate import span_shares, tokenwise_shares
+from .aggregate import default_tolerance, span_shares, tokenwise_shares
 from .capture import LayerState, ModelInfo, capture, model_info
 from .errors import SpanError, TraceError
 from .generation import generate_ids
-from .options import PENDING_TOL, check_options, default_tolerance
+from .options import PENDING_TOL, check_options
 from .progress import Progress
 from .recursion import explained_span, recurse
 from .records import HopRecord, Shares
@@ -47,6 +47,7 @@ class Captured:
     t_start: float
     generated: bool
     stopped_on_eos: bool | None
+    stopped_on: str | None = None
 
 
 def prepare(
@@ -64,6 +65,7 @@ def prepare(
     progress: bool = False,
     completeness_tol: float | int | None = None,
     collect: Callable[[Sequence], list[tuple[str, Callable]]] | None = None,
+    stop_at: str = "auto",
 ) -> Captured:
     """Tokenise (generating first when ``target`` and ``target_ids`` are ``None``) and run the
     one capture pass; unsupported model structures are refused before any forward pass.
@@ -73,18 +75,19 @@ def prepare(
     tol = float(completeness_tol) if completeness_tol is not None else default_tolerance(model)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    generated, stopped_on_eos = target is None and target_ids is None, None
+    generated, stopped_on_eos, stopped_on = target is None and target_ids is None, None, None
     if generated:
         g = generate_ids(
-            model, prompt, max_new_tokens=max_new_tokens, chat_template=chat_template, messages=messages, system=system
+            model, prompt, max_new_tokens=max_new_tokens, chat_template=chat_template, messages=messages, system=system,
+            stop_at=stop_at,
         )
         if not g.text.strip():
             raise TraceError("the model generated no text for this prompt; pass target= explicitly")
-        target_ids, stopped_on_eos = g.ids, g.stopped_on_eos
+        target_ids, stopped_on_eos, stopped_on = g.ids, g.stopped_on_eos, g.stopped_on
         timings["generate"] = time.perf_counter() - t_start
     seq = build_sequence(
         model.tokenizer, prompt, target, output=output, reasoning=reasoning, chat_template=chat_template,
-        target_ids=target_ids, messages=messages, system=system,
+        target_ids=target_ids, messages=messages, system=system, generated=generated,
     )
     if info.n_ctx is not None and seq.n > int(info.n_ctx):
         raise SpanError(
@@ -98,7 +101,7 @@ def prepare(
     bar.close()
     timings["capture"] = time.perf_counter() - t0
     row_pos = torch.arange(seq.prompt_len, seq.n, device=states[0].a.device)
-    return Captured(seq, info, states, row_pos, tol, timings, t_start, generated, stopped_on_eos)
+    return Captured(seq, info, states, row_pos, tol, timings, t_start, generated, stopped_on_eos, stopped_on)
 
 
 def model_name(model: Any) -> str:
@@ -126,6 +129,7 @@ def trace(
     completeness_tol: float | int | None = None,
     stop_rows: str = "keep",
     collect: Callable[[Sequence], list[tuple[str, Callable]]] | None = None,
+    stop_at: str = "auto",
 ) -> Trace:
     """Attribute the output span of ``target`` to every earlier position.
 
@@ -156,12 +160,17 @@ def trace(
     they stay sources, and flashtrace neither explains nor relays through them
     (:mod:`ftlens.recursion`).
     ``collect``: see :func:`prepare` (read-only hooks for the capture pass).
+    ``stop_at``: where a generated target stops (:mod:`ftlens.generation`): ``"auto"``
+    (default: at the first line break after text when the prompt is raw text, at EOS when the
+    chat template formats it), ``"line"`` or ``"eos"``; ``params["stopped_on"]`` says why it
+    stopped (``"eos"``, ``"line"`` or ``"length"``).  Without ``<think>`` tags a generated
+    target is all output (no reasoning span is guessed).
     """
-    hops = check_options(method, hops, threshold, explain, completeness_tol, stop_rows)
+    hops = check_options(method, hops, threshold, explain, completeness_tol, stop_rows, stop_at)
     cap = prepare(
         model, prompt, target, target_ids=target_ids, messages=messages, system=system, output=output,
         reasoning=reasoning, chat_template=chat_template, max_new_tokens=max_new_tokens, progress=progress,
-        completeness_tol=completeness_tol, collect=collect,
+        completeness_tol=completeness_tol, collect=collect, stop_at=stop_at,
     )
     seq, info, states, row_pos, tol, timings = cap.seq, cap.info, cap.states, cap.row_pos, cap.tol, cap.timings
     row_start, n_rows, t_start = seq.prompt_len, seq.n - seq.prompt_len, cap.t_start
@@ -208,7 +217,9 @@ def trace(
         params={"hops": hops, "hops_run": len(hop_records) - 1, "threshold": threshold,
                 "chat_template": chat_template, "rows": n_rows,
                 "explain": explain, "stop_rows": stop_rows, "completeness_tol": tol, "family": info.family.kind,
-                "generated": generated, "stopped_on_eos": stopped_on_eos},
+                "generated": generated, "stopped_on_eos": stopped_on_eos,
+                "chat_formatted": seq.chat_formatted,
+                **({"stop_at": stop_at, "stopped_on": cap.stopped_on} if generated else {})},
         ids=seq.ids.tolist(),
         tokens=seq.tokens,
         roles=seq.roles,

@@ -256,7 +256,7 @@ class DLACollector:
 
     def __init__(self, model: Any, completeness_tol: float | None = None) -> None:
         from .capture import model_info
-        from .options import default_tolerance
+        from .aggregate import default_tolerance
 
         self.model = model
         self.info = model_info(model)  # refuses unsupported structures before any forward pass
@@ -468,12 +468,14 @@ def _ranks(x: Tensor) -> Tensor:
     return r
 
 
-def compare_heads(trace: Any, dla: DirectLogitAttribution, *, hop: int = 0, k: int = 10) -> HeadComparison:
+def compare_heads(trace: Any, dla: DirectLogitAttribution, k: int = 10, *, hop: int = 0) -> HeadComparison:
     """Which heads that carry attribution mass (trace) also write the answer (DLA).
 
     Heads are ranked by route-weighted mass (``HeadComparison.trace_mass``), the one head
     ranking of ftlens (``Trace.top_heads``' default).
     """
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise TraceError(f"k must be an integer >= 1 (how many top heads to compare), got {k!r}")
     if tuple(dla.span) != tuple(trace.output) and hop == 0:
         raise SpanError(f"DLA span {dla.span} differs from the trace's output span {trace.output}")
     mass = (trace.hops[hop].heads.sum(-1) * trace.route_weights(hop)[:, None]).float()

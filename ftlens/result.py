@@ -95,6 +95,30 @@ class Trace:
         """
         return self._input_mass("other")
 
+    @property
+    def template_label(self) -> str:
+        """What role ``template`` holds here: ``"chat template"`` (markers the chat template added)
+        or, for a prompt fed as raw text, ``"special tokens (BOS)"`` (what the tokenizer added)."""
+        return "chat template" if self.params.get("chat_formatted", True) else "special tokens (BOS)"
+
+    def span_text(self, which: str = "output") -> str:
+        """The text of the ``"output"`` or ``"reasoning"`` span (``""`` when there is no reasoning)."""
+        if which not in ("output", "reasoning"):
+            raise TraceError(f"which must be 'output' or 'reasoning', got {which!r}")
+        span = self.output if which == "output" else self.reasoning
+        return "" if span is None else "".join(self.tokens[span[0] : span[1]])
+
+    def generation_note(self) -> str | None:
+        """How a generated target ended (``None`` for a given target)."""
+        if not self.params.get("generated"):
+            return None
+        why = {"eos": "it stopped on the end-of-sequence token (not traced)",
+               "line": "it was cut at its first line break (stop_at='line'"
+                       + ("; 'auto' does this when the prompt is raw text)" if self.params.get("stop_at") == "auto" else ")"),
+               "length": "max_new_tokens ran out: the reply may be cut off"}
+        on = self.params.get("stopped_on") or ("eos" if self.params.get("stopped_on_eos") else "length")
+        return f"generation: {why.get(on, on)}"
+
     def top_template(self, k: int = 3) -> list[TokenScore]:
         """The ``k`` chat-template input tokens with the most final mass (absent from ``top()``)."""
         return [t for t in self.top(len(self.tokens), where="input") if t.role == "template"][: max(0, k)]
@@ -275,6 +299,11 @@ class Trace:
             + ("; hop 0 explains reasoning + output" if self.params.get("explain") == "target" else "")
             + ("; the target's ',' '.' and blank rows are not traced" if self.params.get("stop_rows") == "skip" else "")
         )
+        lines.append(f"output: {_shown(self.span_text('output'))}")
+        if self.reasoning is not None:
+            lines.append(f"reasoning: {_shown(self.span_text('reasoning'))}")
+        if self.generation_note() is not None:
+            lines.append(self.generation_note())
         gaps = self.completeness
         if gaps is not None:
             worst = int(torch.argmax(gaps.amax(dim=0)))
@@ -283,7 +312,7 @@ class Trace:
                 f"completeness: max relative gap {float(gaps.max()):.1e} (layer {worst})"
                 + (f", tolerance {tol:.0e}" if isinstance(tol, (int, float)) else "")
             )
-        split = (f"user prompt {self.prompt_mass:.3f}, chat template {self.template_mass:.3f}, "
+        split = (f"user prompt {self.prompt_mass:.3f}, {self.template_label} {self.template_mass:.3f}, "
                  f"other {self.other_mass:.3f}")
         if self.method == "flashtrace":
             ratios = ", ".join(f"{r:.3f}" for r in self.thinking_ratios)
@@ -295,8 +324,9 @@ class Trace:
             lines.append(f"mass on inputs: {split}")
         template = [t for t in self.top_template(3) if t.score > 0]
         if template:
+            kind = "template" if self.template_label == "chat template" else "special"
             lines.append(
-                "template tokens holding mass (not ranked below; "
+                f"{kind} tokens holding mass (not ranked below; "
                 'tr.top(k, where="input") ranks every input): '
                 + ", ".join(f"{t.token!r}@{t.pos} {t.score:.4f}" for t in template)
             )
@@ -339,6 +369,14 @@ class Trace:
     def loads(cls, raw: bytes | str, source: str = "trace") -> "Trace":
         """Parse a saved trace from bytes/text (gzip detected by its magic bytes)."""
         return schema.loads(raw, cls, source)
+
+
+def _shown(text: str, limit: int = 240) -> str:
+    """``repr(text)``, or for a long text its first and last ``limit // 2`` characters and its length."""
+    if len(text) <= limit:
+        return repr(text)
+    half = limit // 2
+    return f"{text[:half]!r} ... {text[-half:]!r} ({len(text)} characters)"
 
 
 def _run_length(tokens: list[str], i: int) -> int:

@@ -24,7 +24,10 @@ Span selection (``output=`` / ``reasoning=``), always relative to the target:
   reply cut off while thinking) has no automatic output and is refused: pass
   ``output=``.  Otherwise the output is the last non-empty line (or, for one-line
   targets, the last sentence) and everything before it is the reasoning; a
-  one-sentence target is all output with no reasoning.  With one span given
+  one-sentence target is all output with no reasoning.  A generated target
+  (``target=None``) without tags is all output: no reasoning is guessed from a
+  continuation that runs on (:mod:`ftlens.generation` stops a raw-text prompt's
+  generation at its first line break).  With one span given
   explicitly, ``"auto"`` for the other means: reasoning = target text before the
   output; output = target text after the reasoning.
 """
@@ -77,6 +80,7 @@ class Sequence:
     target_text: str
     output: tuple[int, int]
     reasoning: tuple[int, int] | None
+    chat_formatted: bool = True  #: the chat template formatted the prompt (else raw text + the tokenizer's BOS)
 
     @property
     def n(self) -> int:
@@ -189,12 +193,14 @@ def _strip_range(text: str, c0: int, c1: int) -> tuple[int, int] | None:
     return (c0, c1) if c1 > c0 else None
 
 
-def auto_spans(target: str) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+def auto_spans(target: str, generated: bool = False) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
     """(reasoning, output) char ranges by the documented ``auto`` rule.
 
     With ``</think>``: reasoning from after the first ``<think>`` (or the start) to the
     last ``</think>``, output after it.  A ``<think>`` after the last ``</think>`` (or
     with none) is unterminated: :class:`SpanError`, there is no output to find.
+    Without tags, a ``generated`` target (the model's own continuation) is all output: no
+    reasoning span is guessed from where its lines or sentences break.
     """
     close = target.rfind("</think>")
     if target.rfind("<think>") > close:
@@ -207,6 +213,8 @@ def auto_spans(target: str) -> tuple[tuple[int, int] | None, tuple[int, int] | N
         open_ = target.find("<think>", 0, close)
         r0 = open_ + len("<think>") if open_ >= 0 else 0
         return _strip_range(target, r0, close), _strip_range(target, close + len("</think>"), len(target))
+    if generated:
+        return None, _strip_range(target, 0, len(target))
     lines = [m for m in re.finditer(r"[^\n]+", target) if m.group().strip()]
     if len(lines) > 1:
         last = lines[-1]
@@ -231,12 +239,15 @@ def build_sequence(
     target_ids: list[int] | None = None,
     messages: Any = None,  # list of {"role", "content"} dicts; checked at run time (SpanError)
     system: str | None = None,
+    generated: bool = False,
 ) -> Sequence:
     """Tokenise prompt + target in context, select the spans and assign roles.
 
     ``target`` (text, tokenised in context) or ``target_ids`` (ids used verbatim, e.g.
     what the model generated; spans are found on their decoded text).  ``prompt`` (with
-    optional ``system``) or ``messages``: see the module docstring.
+    optional ``system``) or ``messages``: see the module docstring.  ``generated``: the
+    target is the model's own generation (the ``auto`` rule then guesses no reasoning span
+    without ``<think>`` tags, :func:`auto_spans`).
     """
     formatted, special = format_prompt(tokenizer, prompt, chat_template, messages=messages, system=system)
     base = len(formatted)
@@ -271,7 +282,7 @@ def build_sequence(
         rea = _resolve(rea_sel, "reasoning", target, t_offsets, base, p, m)
         out = tok_range(_strip_range(target, _char_end(rea[1] - 1, offsets, base), len(target)))
     elif out_sel == "auto":
-        auto_r, auto_o = auto_spans(target)
+        auto_r, auto_o = auto_spans(target, generated)
         out = tok_range(auto_o)
         rea = tok_range(auto_r) if rea_sel == "auto" else None
     else:
@@ -308,6 +319,7 @@ def build_sequence(
         target_text=target,
         output=out,
         reasoning=rea,
+        chat_formatted=not special,
     )
 
 

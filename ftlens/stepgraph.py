@@ -78,10 +78,18 @@ class Node:
 @dataclass(frozen=True)
 class Route:
     """One path from an input segment to the answer: ``nodes[0]`` is the input, ``nodes[-1]``
-    the answer; ``mass`` the product of its edges (loop-folded)."""
+    the answer (node indices); ``names`` the same nodes by name; ``mass`` the product of its
+    edges (loop-folded)."""
 
     nodes: tuple[int, ...]
     mass: float
+    names: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return f"{self.mass:.4f}  " + " <- ".join(self.names or map(str, self.nodes))
+
+    def __repr__(self) -> str:
+        return f"Route({' <- '.join(self.names or map(str, self.nodes))}, mass={self.mass:.4g})"
 
 
 @dataclass
@@ -144,9 +152,10 @@ class StepGraph:
         return out
 
     def edge(self, x: int | str, y: int | str) -> float:
-        """``W[X, Y]``: the share of traced node ``x``'s mass that lands on node ``y``."""
-        xi, yi = self._idx(x), self._idx(y)
-        return float(self.edges[self._row(xi), yi])
+        """``W[X, Y]``: the share of traced node ``x``'s mass that lands on node ``y`` (``y`` is
+        ``x`` itself or an earlier node; a later ``y`` is refused, naming the direction)."""
+        row, yi = self._edge(x, y, "edge")
+        return float(self.edges[row, yi])
 
     def routes(self, k: int = 10, to: int | str | None = None) -> list[Route]:
         """The ``k`` heaviest routes input -> steps -> answer (optionally only into input ``to``)."""
@@ -159,8 +168,8 @@ class StepGraph:
         additive shares that sum to the edge weight."""
         if weighting not in ("route", "share"):
             raise TraceError(f"weighting must be 'route' or 'share', got {weighting!r}")
-        row = self._row(self._idx(x))
-        heads = self.edge_heads[row, self._idx(y)]
+        row, yi = self._edge(x, y, "top_edge_heads")
+        heads = self.edge_heads[row, yi]
         if weighting == "route":
             heads = heads * self.route_w[row][:, None]
         flat = heads.flatten()
@@ -179,7 +188,7 @@ class StepGraph:
             lines.append(f"  {self.nodes[i].name:>4} {float(self.relayed[i]):.3f}  {self.nodes[i].text.strip()[:60]!r}")
         lines.append("routes (input <- steps <- answer):")
         for r in self.routes(k):
-            lines.append(f"  {r.mass:.3f}  " + " <- ".join(self.nodes[j].name for j in r.nodes))
+            lines.append(f"  {r.mass:.3f}  " + " <- ".join(r.names))
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ helpers
@@ -189,6 +198,20 @@ class StepGraph:
         if not 0 <= int(x) < len(self.nodes):
             raise TraceError(f"node index {x} out of range 0..{len(self.nodes) - 1}")
         return int(x)
+
+    def _edge(self, x: int | str, y: int | str, what: str) -> tuple[int, int]:
+        """The row of traced node ``x`` and the index of ``y`` for edge ``x <- y``; refuses a ``y``
+        after ``x`` (causal attention: no mass flows there, the edge is the other way round)."""
+        xi, yi = self._idx(x), self._idx(y)
+        row = self._row(xi)
+        nx, ny = self.nodes[xi], self.nodes[yi]
+        if ny.start >= nx.end:
+            raise TraceError(
+                f"there is no edge {nx.name} <- {ny.name}: {ny.name} comes after {nx.name}, and an edge runs from a "
+                f"traced node to itself or an earlier node; for the edge {ny.name} <- {nx.name} call "
+                f"{what}({ny.name!r}, {nx.name!r})"
+            )
+        return row, yi
 
     def _row(self, node: int) -> int:
         if node not in self.traced:
@@ -322,7 +345,8 @@ def top_routes(g: StepGraph, k: int, target: int | None = None, max_pops: int = 
         node = path[-1]
         if node in inputs:
             if target is None or node == target:
-                out.append(Route(tuple(reversed(path)), -neg))
+                nodes = tuple(reversed(path))
+                out.append(Route(nodes, -neg, tuple(g.nodes[j].name for j in nodes)))
             continue
         row = folded[node]
         for nxt in torch.nonzero(row > 0).flatten().tolist():

@@ -143,3 +143,24 @@ def test_completeness_holds_at_every_layer(needle_trace, gemma3):
     assert gaps is not None, "the trace records no completeness gaps"
     assert gaps.shape[-1] == gemma3.cfg.n_layers == 18
     assert float(gaps.max()) <= TOL, gaps
+
+
+@needs_package
+def test_a_generated_completion_stops_at_its_first_line_and_is_explained_whole(gemma3):
+    """Issue 19: the base model runs on past its answer (' 4817.\\nQuestion'); ftlens used to make
+    '4817.' the reasoning and 'Question' the explained output.  Now the generation stops at the
+    first line break of the raw-text prompt and the whole line is the output."""
+    import torch
+
+    tok = gemma3.tokenizer
+    ids = tok(PROMPT, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        raw = gemma3.original_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
+                                             do_sample=False)
+    assert tok.decode(raw[0, ids.shape[1]:]).startswith(" 4817.\nQuestion")  # the run-on is real
+    tr = ftlens.trace(gemma3, PROMPT, None, chat_template=False, max_new_tokens=8)
+    assert tr.span_text("output") == "4817." and tr.reasoning is None
+    assert tr.params["stopped_on"] == "line" and "Question" not in tok.decode(tr.ids[len(ids[0]):])
+    text = tr.summary(3)
+    assert "output: '4817.'" in text and "cut at its first line break" in text
+    assert "special tokens (BOS)" in text and "chat template" not in text

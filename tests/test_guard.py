@@ -95,7 +95,7 @@ def test_completeness_is_recorded_per_hop_and_layer_and_saved(tmp_path):
 
 
 def test_default_tolerance_follows_the_dtype():
-    from ftlens.options import TOLERANCES, default_tolerance
+    from ftlens.aggregate import TOLERANCES, default_tolerance
 
     model = _model("llama")
     assert default_tolerance(model) == TOLERANCES[torch.float32] == 1e-4

@@ -90,15 +90,43 @@ def test_head_summary_ranks_frequency_and_interval_by_hand():
     assert rows[(1, 1)]["ci_low"] == rows[(1, 1)]["ci_high"] == 0.5  # constant: zero-width interval
 
 
+def _causal_rows(data):
+    return [{"key": key, "set": s, "mode": "zero", "k": 5, "drop": d} for key, s, d in data]
+
+
 def test_causal_summary_pools_random_draws_per_example_first():
-    rows = [{"key": key, "set": s, "mode": "zero", "k": 5, "drop": d} for key, s, d in [
+    rows = _causal_rows([
         ("a", "study", 4.0), ("a", "random", 1.0), ("a", "random", 3.0),  # random mean for a: 2
-        ("b", "study", 6.0), ("b", "random", 0.0), ("b", "random", 2.0)]]  # random mean for b: 1
+        ("b", "study", 6.0), ("b", "random", 0.0), ("b", "random", 2.0),  # random mean for b: 1
+        ("c", "study", 5.0), ("c", "random", 1.0), ("c", "random", 2.0)])  # random mean for c: 1.5
     got = {r["set"]: r for r in causal_summary(rows)}
     assert got["random"]["mean_drop"] == 1.5 and got["study"]["mean_drop"] == 5.0
-    assert got["study"]["ratio_to_random"] == pytest.approx(5.0 / 1.5)
-    assert got["study"]["diff_vs_random"] == 3.5  # paired: (4-2, 6-1)
-    assert got["study"]["diff_ci_high"] - 3.5 == pytest.approx(12.706205 * math.sqrt(4.5) / math.sqrt(2), abs=1e-4)
+    # random per example (2, 1, 1.5): sd 0.5, 95% interval 1.5 +- 4.302653 * 0.5 / sqrt(3) = [0.26, 2.74]
+    assert got["random"]["ci_low"] == pytest.approx(1.5 - 4.302653 * 0.5 / math.sqrt(3), abs=1e-5)
+    assert got["study"]["ratio_to_random"] == pytest.approx(5.0 / 1.5) and got["study"]["ratio_note"] is None
+    assert got["study"]["diff_vs_random"] == 3.5  # paired: (4-2, 6-1, 5-1.5)
+    assert got["study"]["diff_ci_high"] - 3.5 == pytest.approx(4.302653 * 1.5 / math.sqrt(3), abs=1e-5)
+
+
+@pytest.mark.parametrize("data, why", [
+    # random mean -0.5 (<= 0): -1.83-style ratios mean nothing
+    ([("a", "study", 3.0), ("a", "random", -1.0), ("b", "study", 2.0), ("b", "random", -0.2),
+      ("c", "study", 1.0), ("c", "random", -0.3)], "mean drop is -0.5 (<= 0)"),
+    # random mean 1.5 > 0 but its interval [-4.85, 7.85] (n = 2, t = 12.71) contains 0
+    ([("a", "study", 4.0), ("a", "random", 2.0), ("b", "study", 6.0), ("b", "random", 1.0)], "contains 0"),
+    # one example: no interval at all
+    ([("a", "study", 4.0), ("a", "random", 2.0)], "1 example, no interval"),
+], ids=["negative-random", "interval-contains-0", "one-example"])
+def test_ratio_to_a_random_baseline_at_or_around_zero_is_undefined_with_the_reason(data, why):
+    got = {r["set"]: r for r in causal_summary(_causal_rows(data))}
+    study = got["study"]
+    assert math.isnan(study["ratio_to_random"]) and why in study["ratio_note"]
+    assert study["ratio_note"].startswith("undefined: ")
+    diffs = {}
+    for key, s, d in data:  # the paired difference stays defined
+        diffs.setdefault(key, {})[s] = d
+    assert study["diff_vs_random"] == pytest.approx(sum(v["study"] - v["random"] for v in diffs.values()) / len(diffs))
+    assert got["random"]["ratio_to_random"] is None and got["random"]["ratio_note"] is None
 
 
 def test_packed_arrays_round_trip_exactly():

@@ -21,12 +21,16 @@ def _header(trace: Trace) -> Part:
     span = f"output {trace.output[0]}:{trace.output[1]}" + (
         f", reasoning {trace.reasoning[0]}:{trace.reasoning[1]}" if trace.reasoning else ""
     )
-    out_text = html.escape("".join(trace.tokens[trace.output[0] : trace.output[1]]))
+    out_text = html.escape(trace.span_text("output"))
+    reasoning = (f" Reasoning: <code>{html.escape(trace.span_text('reasoning'))}</code>"
+                 if trace.reasoning is not None else " No reasoning span.")
+    gen = trace.generation_note()
     return Part(
         html=f"<h1 style='font-size:1.4em'>ftlens trace</h1><div class='ft-note'>model <code>"
         f"{html.escape(trace.model)}</code>, method <code>{html.escape(trace.method)}</code>, "
         f"{len(trace.tokens)} positions, {span}, hops {trace.params.get('hops', 0)}. "
-        f"Attributed output: <code>{out_text}</code></div>"
+        f"Attributed output: <code>{out_text}</code>.{reasoning}"
+        + (f" {html.escape(gen[:1].upper() + gen[1:])}." if gen else "") + "</div>"
     )
 
 

@@ -331,14 +331,15 @@ def _mass_note(trace: Trace, where: str = "prompt") -> Part:
     """The inputs' final mass split by role, and (for a prompt-only table) the template tokens holding mass."""
     text = (
         f"Final mass on the inputs <b>{float(trace.scores[: trace.inputs_end].sum()):.3f}</b>: "
-        f"user prompt <b>{trace.prompt_mass:.3f}</b>, chat template <b>{trace.template_mass:.3f}</b>, "
+        f"user prompt <b>{trace.prompt_mass:.3f}</b>, {trace.template_label} <b>{trace.template_mass:.3f}</b>, "
         f"other <b>{trace.other_mass:.3f}</b>."
     )
     template = [t for t in trace.top_template(3) if t.score > 0] if where == "prompt" else []
     if template:
         toks = ", ".join(f"<code>{html.escape(repr(t.token))}</code>@{t.pos} {t.score:.4f}" for t in template)
         text += (
-            f" Chat-template tokens holding the most mass (not in the token table, which ranks the user's "
+            f" {'Chat-template' if trace.template_label == 'chat template' else 'Special'} tokens holding the most "
+            f"mass (not in the token table, which ranks the user's "
             f'prompt): {toks}; <code>tr.top(k, where="input")</code> ranks every input token.'
         )
     return note(text)

@@ -7,8 +7,9 @@ fraction of those examples whose own top-``k`` heads by the measure include the 
 head's rank by mean (1 = largest).  :func:`stability`: split-half stability per measure
 (:func:`ftlens.study.stats.split_half`).  :func:`causal_summary`: per head set, mode and k, the
 mean drop over examples (random sets: each example's mean over its draws first) with its
-interval, the ratio to the random sets' mean drop, and the paired difference to random with its
-interval.  Rows are always in example line order, so a merge of shards builds the same tables
+interval, the ratio to the random sets' mean drop (NaN with ``ratio_note`` saying why when the
+random mean is <= 0 or its interval contains 0: :func:`~ftlens.study.stats.ratio_to_baseline`), and
+the paired difference to random with its interval (always defined).  Rows are always in example line order, so a merge of shards builds the same tables
 as one process.
 """
 
@@ -18,9 +19,10 @@ import json
 from typing import Any, Iterable
 
 from .extract import unpack, unruns
-from .stats import mean_ci, split_half, top_k
+from .stats import mean_ci, ratio_to_baseline, split_half, top_k
 
-__all__ = ["measures", "per_example_tables", "head_summary", "stability", "causal_summary", "rankings"]
+__all__ = ["measures", "per_example_tables", "head_summary", "stability", "causal_summary", "rankings",
+           "causal_lines"]
 
 
 def _vectors(ex: dict[str, Any]) -> dict[str, list[float]]:
@@ -123,12 +125,33 @@ def causal_summary(ablation: list[dict[str, Any]], level: float = 0.95) -> list[
         s = mean_ci(list(d.values()), level)
         rnd = drops.get(("random", mode, k))
         row = {"set": name, "mode": mode, "k": k, "n": s["n"], "mean_drop": s["mean"], "ci_low": s["ci_low"],
-               "ci_high": s["ci_high"], "ratio_to_random": None, "diff_vs_random": None, "diff_ci_low": None,
-               "diff_ci_high": None}
+               "ci_high": s["ci_high"], "ratio_to_random": None, "ratio_note": None, "diff_vs_random": None,
+               "diff_ci_low": None, "diff_ci_high": None}
         if rnd is not None and name != "random":
-            r_mean = mean_ci(list(rnd.values()))["mean"]
-            row["ratio_to_random"] = s["mean"] / r_mean if r_mean != 0 else float("nan")
+            row["ratio_to_random"], row["ratio_note"] = ratio_to_baseline(s["mean"], mean_ci(list(rnd.values()), level))
             diff = mean_ci([d[key] - rnd[key] for key in d if key in rnd], level)
             row.update(diff_vs_random=diff["mean"], diff_ci_low=diff["ci_low"], diff_ci_high=diff["ci_high"])
         out.append(row)
+    return out
+
+
+def _ci(mean: float, lo: float, hi: float) -> str:
+    return f"{mean:.3g} [{lo:.3g}, {hi:.3g}]"
+
+
+def causal_lines(summary: list[dict[str, Any]]) -> list[str]:
+    """One line per named head set, mode and k of a :func:`causal_summary`: its mean drop with
+    the interval, the paired difference to random with its interval, and the ratio or why it is
+    undefined."""
+    out = []
+    for r in summary:
+        if r["set"] == "random":
+            continue
+        line = f"{r['set']} top-{r['k']}, {r['mode']}-ablation: drop {_ci(r['mean_drop'], r['ci_low'], r['ci_high'])}"
+        if r.get("diff_vs_random") is not None:
+            ratio = r.get("ratio_to_random")
+            said = r.get("ratio_note") or (f"ratio {ratio:.3g}x" if ratio is not None else "no ratio")
+            line += (f"; minus random {_ci(r['diff_vs_random'], r['diff_ci_low'], r['diff_ci_high'])}; "
+                     f"ratio to random {said.removeprefix('ratio ')}")
+        out.append(line + f" (n={r['n']})")
     return out

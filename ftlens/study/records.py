@@ -25,7 +25,11 @@ from .. import batch
 from ..errors import SpanError
 from .shard import in_shard
 
-__all__ = ["StudyRecord", "as_record", "read_study_records", "select_shard", "prompt_regions"]
+__all__ = ["StudyRecord", "as_record", "read_study_records", "select_shard", "prompt_regions", "check_rank_by",
+           "check_not_empty", "MEASURES"]
+
+#: The measures a study ranks heads by (besides ``segment:<name>``).
+MEASURES = ("prompt", "evidence", "dla")
 
 Ranges = list[tuple[int, int]]
 
@@ -116,7 +120,7 @@ def read_study_records(path: str | Path, shard: tuple[int, int] = (0, 1)) -> tup
         try:
             out.append(as_record(json.loads(lines[r.line - 1].decode("utf-8")), r.line))
         except SpanError as exc:
-            bad.append(batch.BadLine(r.line, str(exc).removeprefix(f"record {r.line}: ")))
+            bad.append(batch.BadLine(r.line, str(exc).removeprefix(f"record {r.line}: "), r.id))
     return out, sorted(bad, key=lambda b: b.line)
 
 
@@ -136,3 +140,46 @@ def prompt_regions(tokenizer: Any, rec: StudyRecord, prompt_pos: list[int],
 
     evidence = None if rec.evidence is None else pick(rec.evidence)
     return evidence, {name: pick(r) for name, r in rec.segments.items()}
+
+
+def _named(recs: list[StudyRecord], most: int = 5) -> str:
+    """``lines 3, 5 (ids a, b)``-style names of records, the first ``most`` of them."""
+    shown = ", ".join(f"{r.line}" + (f" (id {r.id})" if r.id is not None else "") for r in recs[:most])
+    return f"line{'s' if len(recs) > 1 else ''} {shown}" + (f" and {len(recs) - most} more" if len(recs) > most else "")
+
+
+def check_rank_by(records: list[StudyRecord], rank_by: str, dla: bool = True) -> None:
+    """Refuse, before anything is traced, a ranking measure some record cannot give: ``evidence``
+    needs every record's ``"evidence"``, ``segment:NAME`` every record's segment ``NAME``, ``dla``
+    the DLA extraction; any other name is unknown.  A head set ranked on a measure an example
+    lacks would be ablated as "the study's top k" while it is empty or ranked on other examples."""
+    if rank_by == "prompt":
+        return
+    if rank_by == "dla":
+        if not dla:
+            raise SpanError("rank_by='dla' ranks heads by direct logit attribution, which --no-dla / dla=False "
+                            "switches off; drop one of them")
+        return
+    if rank_by == "evidence":
+        lacking = [r for r in records if r.evidence is None]
+        if lacking:
+            raise SpanError(f"rank_by='evidence' needs an \"evidence\" field on every record, and {_named(lacking)} "
+                            f"{'have' if len(lacking) > 1 else 'has'} none; add it (a substring of the prompt) or "
+                            "rank by 'prompt'")
+        return
+    if rank_by.startswith("segment:") and rank_by[len("segment:"):]:
+        name = rank_by[len("segment:"):]
+        lacking = [r for r in records if name not in r.segments]
+        if lacking:
+            have = sorted({n for r in lacking for n in r.segments})
+            raise SpanError(f"rank_by={rank_by!r}: {_named(lacking)} {'have' if len(lacking) > 1 else 'has'} no "
+                            f"segment {name!r} (segments there: {', '.join(have) or 'none'}); add \"segments\": "
+                            f"{{\"{name}\": ...}} to every record or rank by another measure")
+        return
+    raise SpanError(f"unknown rank_by {rank_by!r}; use prompt, evidence, dla or segment:NAME")
+
+
+def check_not_empty(records: list[StudyRecord], bad: list[batch.BadLine], source: str) -> None:
+    """Refuse a records file or list with no record at all (only blank lines, or nothing)."""
+    if not records and not bad:
+        raise SpanError(f"{source} has no records; write one JSON object per line, e.g. {{\"prompt\": ...}}")

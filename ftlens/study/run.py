@@ -37,8 +37,8 @@ from ..residual import DLACollector
 from . import aggregate as agg
 from .causal import ablate_example
 from .extract import FORMAT, extract, unpack
-from .records import StudyRecord, read_study_records, select_shard
-from .shard import shard_from_env
+from .records import StudyRecord, check_not_empty, check_rank_by, read_study_records, select_shard
+from .shard import in_shard, shard_from_env
 from .tables import SCHEMA, read_table, write_table
 
 __all__ = ["Study", "run_study", "merge", "PER_EXAMPLE", "AGGREGATES"]
@@ -129,8 +129,9 @@ def default_settings(model: Any, *, method: str, hops: int | None, threshold: fl
             **batch.stop_rows_setting(stop_rows)}
 
 
-def _request(settings: dict[str, Any], rec: StudyRecord, max_new_tokens: int, extraction: dict[str, Any]):
-    return {**settings, **batch.record_request(rec, max_new_tokens), "evidence": rec.evidence_spec,
+def _request(settings: dict[str, Any], rec: StudyRecord, max_new_tokens: int, extraction: dict[str, Any],
+             stop_at: str = "auto"):
+    return {**settings, **batch.record_request(rec, max_new_tokens, stop_at), "evidence": rec.evidence_spec,
             "segments": rec.segments_spec, "extraction": extraction}
 
 
@@ -152,9 +153,19 @@ def _load_json(path: Path) -> dict[str, Any] | None:
 
 def _head_sets(examples: list[dict[str, Any]], settings: dict[str, Any]) -> dict[str, list[list[int]]]:
     """The rankings the causal pass ablates: ``study`` (by ``rank_by``) and ``dla`` (if measured)."""
-    ranks = agg.rankings(agg.head_summary(examples, settings["k"]))
+    summary = agg.head_summary(examples, settings["k"])
+    ranks = agg.rankings(summary)
     kmax = max(settings["ks"])
-    sets = {"study": [list(h) for h in ranks.get(settings["rank_by"], [])[:kmax]]}
+    measure = settings["rank_by"]
+    if len(ranks.get(measure, [])) < kmax:
+        raise SpanError(f"no example has the measure {measure!r} the study ranks heads by, so it has no top "
+                        f"{kmax} heads to ablate; rank by a measure the examples have "
+                        f"({', '.join(sorted(ranks)) or 'none'})")
+    means = [r["mean"] for r in summary if r["measure"] == measure]
+    if not any(m > 0 for m in means):
+        raise SpanError(f"every head's mean {measure!r} attribution is zero, so the study's top {kmax} heads are "
+                        "arbitrary; check that the records' regions cover prompt tokens, or rank by 'prompt'")
+    sets = {"study": [list(h) for h in ranks[measure][:kmax]]}
     if "dla" in ranks:
         sets["dla"] = [list(h) for h in ranks["dla"][:kmax]]
     for name, heads in (settings.get("extra_sets") or {}).items():
@@ -181,6 +192,39 @@ def build(examples: list[dict[str, Any]], causal: Sequence[dict[str, Any]], sett
     return Study(tables, m)
 
 
+# ---------------------------------------------------------------------- checks before tracing
+def study_inputs(records: Iterable[dict[str, Any] | StudyRecord] | str | Path, shard: tuple[int, int], *,
+                 rank_by: str = "prompt", dla: bool = True) -> tuple[list[StudyRecord], list[batch.BadLine]]:
+    """This shard's records and bad lines, after the checks that need every record: the file or
+    list holds at least one record, and every record can give the ranking measure
+    (:func:`~ftlens.study.records.check_rank_by`), so all shards refuse or run alike."""
+    if isinstance(records, (str, Path)):
+        every, bad = read_study_records(records)
+        source = f"records file {str(records)!r}"
+    else:
+        every, bad = select_shard(records, (0, 1)), []
+        source = "the records list"
+    check_not_empty(every, bad, source)
+    check_rank_by(every, rank_by, dla)
+    return [r for r in every if in_shard(r.line, shard)], [b for b in bad if in_shard(b.line, shard)]
+
+
+def check_head_counts(model: Any, k: int, ks: Sequence[int], extra_sets: dict[str, Any] | None) -> None:
+    """Refuse a top-k larger than the model's heads, and an extra head set shorter than the
+    largest k (its "top k" would ablate fewer heads than it says)."""
+    cfg = getattr(model, "cfg", None)
+    L, H = getattr(cfg, "n_layers", None), getattr(cfg, "n_heads", None)
+    if isinstance(L, int) and isinstance(H, int):
+        big = max([k, *ks])
+        if big > L * H:
+            raise SpanError(f"k={big} is more heads than the model has ({L} layers x {H} heads = {L * H}); "
+                            f"pass --k/--ks of at most {L * H}")
+    for name, heads in (extra_sets or {}).items():
+        if len(heads) < max(ks):
+            raise SpanError(f"extra head set {name!r} has {len(heads)} heads but k={max(ks)} are ablated; "
+                            "give at least that many or lower ks")
+
+
 # ---------------------------------------------------------------------- running
 def run_study(
     model: Any,
@@ -203,6 +247,7 @@ def run_study(
     stop_rows: str = "keep",
     chat_template: bool | None = None,
     max_new_tokens: int = 128,
+    stop_at: str = "auto",
     top: int = 10,
     rows: int = 3,
     dla: bool = True,
@@ -234,11 +279,9 @@ def run_study(
     i, n = shard_from_env(shard)
     if out is None and n > 1:
         raise SpanError("a sharded study needs out= (the shards meet in one folder or are merged)")
-    if isinstance(records, (str, Path)):
-        recs, bad = read_study_records(records, (i, n))
-    else:
-        recs, bad = select_shard(records, (i, n)), []
+    recs, bad = study_inputs(records, (i, n), rank_by=rank_by, dla=dla)
     ks = sorted(set(ks or [k]))
+    check_head_counts(model, k, ks, extra_sets)
     agg_settings = {"k": k, "ks": ks, "draws": draws, "seed": seed, "rank_by": rank_by, "n_splits": n_splits,
                     "modes": ["zero", "mean"], "causal_n": causal_n,
                     "extra_sets": {name: [list(h) for h in v] for name, v in (extra_sets or {}).items()}}
@@ -268,7 +311,7 @@ def run_study(
         col = DLACollector(model) if dla else None
         tr = pipeline.trace(model, r.prompt, r.target, output=r.output, reasoning=r.reasoning, hops=hops,
                             method=method, explain=explain, threshold=threshold, chat_template=chat_template,
-                            max_new_tokens=max_new_tokens, stop_rows=stop_rows,
+                            max_new_tokens=max_new_tokens, stop_rows=stop_rows, stop_at=stop_at,
                             collect=None if col is None else (lambda seq: col.hooks(seq.ids, seq.output)))
         return tr, None if col is None else col.result()
 
@@ -278,14 +321,14 @@ def run_study(
 
         bar = tqdm(total=len(recs), desc=f"study {i}/{n}", unit="rec")
     examples: list[dict[str, Any]] = []
-    index: list[dict[str, Any]] = [{"line": b.line, "id": None, "key": None, "status": "bad-line", "error": b.message,
+    index: list[dict[str, Any]] = [{"line": b.line, "id": b.id, "key": None, "status": "bad-line", "error": b.message,
                                     "stale": None} for b in bad]
     stale_all: dict[str, list[str]] = {}
     t0 = time.perf_counter()
     n_traced = 0
     try:
         for r in recs:
-            request = _request(settings, r, max_new_tokens, extraction)
+            request = _request(settings, r, max_new_tokens, extraction, stop_at)
             path = folder / "examples" / f"{r.key}.json" if folder is not None else None
             done = _load_json(path) if (path is not None and resume and path.exists()) else None
             if done is not None and done.get("format") != FORMAT:
@@ -326,7 +369,7 @@ def run_study(
     want = {"yes": True, True: True, "no": False, False: False}.get(causal, None)
     head_sets, causal_keys = None, None
     if n == 1:
-        head_sets = _head_sets(examples, agg_settings) if examples else None
+        head_sets = _head_sets(examples, agg_settings) if examples and want is not False else None
         causal_keys = _causal_keys(examples, causal_n)
     elif folder is not None and (folder / "study.json").exists() and want is not False:
         merged = _load_json(folder / "study.json") or {}

@@ -7,6 +7,8 @@ top-k frequency and split-half stability.
 - :func:`t_quantile`: the Student-t quantile, by bisection on the exact CDF for integer degrees
   of freedom (Abramowitz & Stegun 26.7.3-4);
 - :func:`spearman`: Pearson correlation of average ranks (ties share their mean rank);
+- :func:`ratio_to_baseline`: ``mean / baseline mean``, defined only when the baseline is
+  positive with a 95% interval that excludes 0 (else NaN and the reason);
 - :func:`split_half`: for each of ``n_splits`` seeded random halvings of the examples, the
   Spearman correlation between the two halves' per-head means and the overlap of their top-k
   (``|top_k(A) & top_k(B)| / k``).
@@ -18,7 +20,7 @@ import math
 import random
 from typing import Sequence
 
-__all__ = ["t_quantile", "mean_ci", "ranks", "spearman", "top_k", "split_half"]
+__all__ = ["t_quantile", "mean_ci", "ranks", "spearman", "top_k", "split_half", "ratio_to_baseline"]
 
 
 def _t_abs_cdf(t: float, df: int) -> float:
@@ -142,3 +144,21 @@ def split_half(per_example: Sequence[Sequence[float | int]], k: int, n_splits: i
         overlap = len(set(top_k(ma, kk)) & set(top_k(mb, kk))) / max(kk, 1)
         out.append({"split": s, "n_a": len(a), "n_b": len(b), "spearman": spearman(ma, mb), "overlap": overlap})
     return out
+
+
+def ratio_to_baseline(mean: float, baseline: dict[str, float | int]) -> tuple[float, str | None]:
+    """``(mean / baseline["mean"], None)`` when the ratio means something, else ``(nan, reason)``.
+
+    ``baseline`` is a :func:`mean_ci` result.  A ratio to a baseline whose mean is <= 0, or whose
+    interval contains 0, or that has no interval (fewer than 2 values), is undefined: its sign and
+    size say nothing about the effect (e.g. -1.83 for an effect larger than a baseline of -0.5).
+    The paired difference is always defined and is reported beside it.
+    """
+    n, m, lo, hi = baseline["n"], baseline["mean"], baseline["ci_low"], baseline["ci_high"]
+    if n < 2:
+        return float("nan"), f"undefined: the random baseline has {n} example{'s' if n != 1 else ''}, no interval"
+    if not m > 0:
+        return float("nan"), f"undefined: the random heads' mean drop is {m:.3g} (<= 0)"
+    if not lo > 0:
+        return float("nan"), f"undefined: the random heads' 95% interval [{lo:.3g}, {hi:.3g}] contains 0"
+    return mean / m, None

@@ -34,7 +34,7 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
     "ablation": [("key", S), ("line", I), ("set", S), ("draw", I), ("mode", S), ("k", I), ("heads", S),
                  ("clean_logprob", F), ("ablated_logprob", F), ("drop", F)],
     "causal_summary": [("set", S), ("mode", S), ("k", I), ("n", I), ("mean_drop", F), ("ci_low", F), ("ci_high", F),
-                       ("ratio_to_random", F), ("diff_vs_random", F), ("diff_ci_low", F), ("diff_ci_high", F)],
+                       ("ratio_to_random", F), ("ratio_note", S), ("diff_vs_random", F), ("diff_ci_low", F), ("diff_ci_high", F)],
 }
 
 

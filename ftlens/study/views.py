@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 from typing import Any
@@ -109,7 +110,7 @@ def dla_view(study: Any, measure: str = "prompt", k: int = 5) -> Any:
 def causal_view(study: Any) -> Any:
     """Mean drop in the target's log-prob per head set and k, zero and mean ablation, 95% intervals."""
     from ..render.residual_views import _figure_part, _plt
-    from ..render.view import View, heading, note
+    from ..render.view import Part, View, heading, note
 
     plt = _plt()
     rows = study.causal_summary
@@ -132,7 +133,13 @@ def causal_view(study: Any) -> Any:
         ax.set(title=f"{mode}-ablation", ylabel="drop in log p(target span)")
         ax.legend(fontsize=8)
     fig.tight_layout()
+    from .aggregate import causal_lines
+
+    lines = "".join(f"<li>{html.escape(x)}</li>" for x in causal_lines(rows))
     return View([heading("Causal validation"), _figure_part(fig),
                  note("Drop = log p(span | clean) - log p(span | ablated), summed over the span; random: each "
-                      "example's mean over its random head sets; bars: mean over examples, 95% interval.")],
+                      "example's mean over its random head sets; bars: mean over examples, 95% interval. "
+                      "The ratio to random is defined only when the random heads' mean drop is positive with a "
+                      "95% interval that excludes 0; the paired difference is always shown."),
+                 Part(html=f"<ul class='ft-note'>{lines}</ul>")],
                 "Causal validation")
