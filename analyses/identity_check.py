@@ -112,7 +112,8 @@ def write(out: Path, model=None) -> Path:
     return out
 
 
-def _files(folder: Path) -> list[str]:
+def files(folder: Path) -> list[str]:
+    """The files under ``folder`` (relative paths), ``machine.json`` left out."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != "machine.json")
 
 
@@ -142,7 +143,7 @@ def compare(reference: Path, fresh: Path, rel: float | None = None) -> dict[str,
     """Per file of ``reference``: whether ``fresh`` holds the same bytes (``rel=None``) or the
     same text and numbers within ``rel``."""
     out = {}
-    names = sorted(set(_files(reference)) | set(_files(fresh)))
+    names = sorted(set(files(reference)) | set(files(fresh)))
     for name in names:
         a, b = reference / name, fresh / name
         if not (a.exists() and b.exists()):
@@ -168,7 +169,7 @@ def main(argv=None) -> int:
     print(f"machine: {machine()}")
     if a.write:
         write(a.write)
-        print(f"wrote {', '.join(_files(a.write))} to {a.write}")
+        print(f"wrote {', '.join(files(a.write))} to {a.write}")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         res = compare(a.compare, write(Path(tmp)), a.tolerance)
