@@ -175,18 +175,18 @@ def _load(args):
             hf = AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
         tok = ftlens.models.default_tokenizer()
         if needs_bridge:
-            from ftlens.models import _boot
+            from ftlens.models import boot_bridge
 
-            return _boot(f"random-{args.model}", hf, tok, device, dtype), None, tok
+            return boot_bridge(f"random-{args.model}", hf, tok, device, dtype), None, tok
         return None, hf, tok
     if needs_bridge:
         model = ftlens.load_model(args.model if args.model != "default" else None, device=device, dtype=dtype)
         return model, None, model.tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ftlens.models import _default_model_dir
+    from ftlens.models import default_model_dir
 
-    path = str(_default_model_dir()) if args.model == "default" else args.model
+    path = str(default_model_dir()) if args.model == "default" else args.model
     impl = "eager" if args.contender == "reference" else "sdpa"
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=impl).to(device).eval()
     return None, hf, AutoTokenizer.from_pretrained(path)

@@ -1,13 +1,18 @@
 """``ftlens.trace``: from text to a :class:`~ftlens.result.Trace`.
 
-    text -> spans (tokenise in context, roles) -> capture (one forward pass)
-         -> aggregate (per-layer shares) -> recursion (hops) -> Trace
+    text -> spans (tokenise in context, roles) -> capture (one forward pass)      = prepare
+         -> aggregate (per-layer shares) -> recursion (hops) -> Trace             = attribute
+
+:func:`trace` builds one :class:`~ftlens.options.TraceOptions` from its keywords and runs
+:func:`prepare` then :func:`attribute`; :func:`attribute` can run again on the same
+:class:`Captured` state with other options (no new forward pass).
 """
 
 from __future__ import annotations
 
+import functools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -18,15 +23,15 @@ from .aggregate import default_tolerance, span_shares, tokenwise_shares
 from .capture import LayerState, ModelInfo, capture, model_info
 from .errors import SpanError, TraceError
 from .generation import generate_ids
-from .options import PENDING_TOL, check_options
+from .options import PENDING_TOL, TraceOptions
 from .progress import Progress
-from .recursion import explained_span, recurse
+from .recursion import explained_span, recurse, traced_rows
 from .records import HopRecord, Shares
 from .result import Trace
 from .spans import Sequence, SpanSpec, build_sequence
 from .tokens import stop_tokens
 
-__all__ = ["trace", "prepare", "Captured"]
+__all__ = ["trace", "prepare", "attribute", "Captured", "model_name"]
 
 
 @dataclass
@@ -35,7 +40,9 @@ class Captured:
 
     ``seq``: the tokenised sequence with roles and spans; ``info``: the model's block family
     and per-layer parameters; ``states``: per-layer :class:`~ftlens.capture.LayerState` of the
-    target rows; ``row_pos``: their positions; ``tol``: the completeness guard's tolerance.
+    target rows; ``row_pos``: their positions; ``tol``: the completeness guard's tolerance;
+    ``model``: the model's name; ``tokenizer``: its tokenizer; ``generated``, ``stopped_on_eos``,
+    ``stopped_on``: how a generated target ended.
     """
 
     seq: Sequence
@@ -48,6 +55,24 @@ class Captured:
     generated: bool
     stopped_on_eos: bool | None
     stopped_on: str | None = None
+    model: str = "unknown"
+    tokenizer: Any = field(default=None, repr=False)
+
+    @functools.cached_property
+    def stop(self) -> Tensor:
+        """The sequence's stop tokens (``,`` ``.`` blank; :func:`ftlens.tokens.stop_tokens`)."""
+        return stop_tokens(self.tokenizer, self.seq.ids.tolist())
+
+    def skip(self, options: TraceOptions) -> Tensor | None:
+        """The positions ``options`` never traces as rows: :attr:`stop` with ``stop_rows="skip"``."""
+        return self.stop if options.stop_rows == "skip" else None
+
+
+def options_from(options: TraceOptions | None, values: dict[str, Any]) -> TraceOptions:
+    """``options`` with ``values`` replaced (or new options of ``values``), checked."""
+    if options is None:
+        return TraceOptions(**values)
+    return options.replace(**values) if values else options
 
 
 def prepare(
@@ -55,38 +80,39 @@ def prepare(
     prompt: str | None = None,
     target: str | None = None,
     *,
+    options: TraceOptions | None = None,
     target_ids: list[int] | None = None,
     messages: Any = None,
     system: str | None = None,
     output: SpanSpec = "auto",
     reasoning: SpanSpec = "auto",
-    chat_template: bool | None = None,
-    max_new_tokens: int = 128,
     progress: bool = False,
-    completeness_tol: float | int | None = None,
     collect: Callable[[Sequence], list[tuple[str, Callable]]] | None = None,
-    stop_at: str = "auto",
+    **option_values: Any,
 ) -> Captured:
     """Tokenise (generating first when ``target`` and ``target_ids`` are ``None``) and run the
     one capture pass; unsupported model structures are refused before any forward pass.
-    ``collect(seq)``: read-only hooks for that same pass, made once the sequence is known
-    (e.g. :class:`ftlens.residual.DLACollector`'s, so DLA needs no forward pass of its own)."""
+    ``options`` (or option keywords, e.g. ``chat_template=False``): the generation options and
+    the guard's tolerance are read here.  ``collect(seq)``: read-only hooks for that same pass,
+    made once the sequence is known (e.g. :class:`ftlens.residual.DLACollector`'s, so DLA needs
+    no forward pass of its own)."""
+    opts = options_from(options, option_values)
     info = model_info(model)
-    tol = float(completeness_tol) if completeness_tol is not None else default_tolerance(model)
+    tol = float(opts.completeness_tol) if opts.completeness_tol is not None else default_tolerance(model)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     generated, stopped_on_eos, stopped_on = target is None and target_ids is None, None, None
     if generated:
         g = generate_ids(
-            model, prompt, max_new_tokens=max_new_tokens, chat_template=chat_template, messages=messages, system=system,
-            stop_at=stop_at,
+            model, prompt, max_new_tokens=opts.max_new_tokens, chat_template=opts.chat_template, messages=messages,
+            system=system, stop_at=opts.stop_at,
         )
         if not g.text.strip():
             raise TraceError("the model generated no text for this prompt; pass target= explicitly")
         target_ids, stopped_on_eos, stopped_on = g.ids, g.stopped_on_eos, g.stopped_on
         timings["generate"] = time.perf_counter() - t_start
     seq = build_sequence(
-        model.tokenizer, prompt, target, output=output, reasoning=reasoning, chat_template=chat_template,
+        model.tokenizer, prompt, target, output=output, reasoning=reasoning, chat_template=opts.chat_template,
         target_ids=target_ids, messages=messages, system=system, generated=generated,
     )
     if info.n_ctx is not None and seq.n > int(info.n_ctx):
@@ -101,7 +127,8 @@ def prepare(
     bar.close()
     timings["capture"] = time.perf_counter() - t0
     row_pos = torch.arange(seq.prompt_len, seq.n, device=states[0].a.device)
-    return Captured(seq, info, states, row_pos, tol, timings, t_start, generated, stopped_on_eos, stopped_on)
+    return Captured(seq, info, states, row_pos, tol, timings, t_start, generated, stopped_on_eos, stopped_on,
+                    model_name(model), model.tokenizer)
 
 
 def model_name(model: Any) -> str:
@@ -166,25 +193,31 @@ def trace(
     stopped (``"eos"``, ``"line"`` or ``"length"``).  Without ``<think>`` tags a generated
     target is all output (no reasoning span is guessed).
     """
-    hops = check_options(method, hops, threshold, explain, completeness_tol, stop_rows, stop_at)
-    cap = prepare(
-        model, prompt, target, target_ids=target_ids, messages=messages, system=system, output=output,
-        reasoning=reasoning, chat_template=chat_template, max_new_tokens=max_new_tokens, progress=progress,
-        completeness_tol=completeness_tol, collect=collect, stop_at=stop_at,
-    )
-    seq, info, states, row_pos, tol, timings = cap.seq, cap.info, cap.states, cap.row_pos, cap.tol, cap.timings
-    row_start, n_rows, t_start = seq.prompt_len, seq.n - seq.prompt_len, cap.t_start
-    generated, stopped_on_eos = cap.generated, cap.stopped_on_eos
+    opts = TraceOptions(method=method, hops=hops, explain=explain, threshold=threshold, chat_template=chat_template,
+                        max_new_tokens=max_new_tokens, completeness_tol=completeness_tol, stop_rows=stop_rows,
+                        stop_at=stop_at)
+    cap = prepare(model, prompt, target, options=opts, target_ids=target_ids, messages=messages, system=system,
+                  output=output, reasoning=reasoning, progress=progress, collect=collect)
+    return attribute(cap, opts, progress=progress)
 
+
+def attribute(cap: Captured, options: TraceOptions | None = None, *, progress: bool = False,
+              **option_values: Any) -> Trace:
+    """The trace of ``cap``'s sequence with ``options`` (or option keywords): the span passes and
+    the recursion on the captured state, no forward pass.  The generation options and the
+    guard's tolerance were used by :func:`prepare`; the trace records the ones it ran with."""
+    opts = options_from(options, option_values)
+    seq, info, states, row_pos, tol = cap.seq, cap.info, cap.states, cap.row_pos, cap.tol
+    row_start, n_rows = seq.prompt_len, seq.n - seq.prompt_len
+    timings = dict(cap.timings)
     t0 = time.perf_counter()
     row_scores = None
-    skip = stop_tokens(model.tokenizer, seq.ids.tolist()) if stop_rows == "skip" else None
-    if method == "ifr-tokenwise":
-        first, last = explained_span(seq.output, seq.reasoning, explain)
-        traced = [t for t in range(first, last) if skip is None or not skip[t]] or list(range(first, last))
-        row_idx = torch.tensor(traced, device=row_pos.device) - row_start
+    skip = cap.skip(opts)
+    if opts.method == "ifr-tokenwise":
+        rows = traced_rows(*explained_span(seq.output, seq.reasoning, opts.explain), skip)
+        row_idx = torch.tensor(rows, device=row_pos.device) - row_start
         bar = Progress(enabled=progress, total=info.n_layers, desc="tokenwise")
-        tw = tokenwise_shares(states, info, row_pos, row_idx, threshold, progress=bar.step, tol=tol)
+        tw = tokenwise_shares(states, info, row_pos, row_idx, opts.threshold, progress=bar.step, tol=tol)
         bar.close()
         scores = tw.mean.raw_scores.cpu()
         hop_records = [HopRecord(weight=1.0, norm=float(scores.sum()), thinking_ratio=0.0, scores=scores,
@@ -192,17 +225,17 @@ def trace(
         row_scores = tw.row_scores.cpu()
         output_mass = unresolved = 0.0
     else:
-        k = hops
-        bar = Progress(enabled=progress, total=info.n_layers * (k + 1), desc="attribution")
+        bar = Progress(enabled=progress, total=info.n_layers * (opts.n_hops + 1), desc="attribution")
 
         def span_fn(w: torch.Tensor):
-            return span_shares(states, info, row_pos, w.to(row_pos.device), threshold, progress=bar.step, tol=tol)
+            return span_shares(states, info, row_pos, w.to(row_pos.device), opts.threshold, progress=bar.step,
+                               tol=tol)
 
-        rec = recurse(span_fn, seq.n, row_start, seq.output, seq.reasoning, k, explain=explain,
+        rec = recurse(span_fn, seq.n, row_start, seq.output, seq.reasoning, opts.n_hops, explain=opts.explain,
                       pending_tol=PENDING_TOL, skip=skip)
         bar.close()
         hop_records = rec.hops
-        if method == "ifr-span":
+        if opts.method == "ifr-span":
             scores = hop_records[0].raw_scores  # r(s) of the one span pass
             hop_records[0].scores = scores
             output_mass = unresolved = 0.0
@@ -210,16 +243,15 @@ def trace(
             scores = rec.final
             output_mass, unresolved = rec.output_mass, rec.unresolved
     timings["attribution"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_start
+    timings["total"] = time.perf_counter() - cap.t_start
+    generated = cap.generated
+    params = {**opts.params(generated), "hops_run": len(hop_records) - 1, "rows": n_rows, "completeness_tol": tol,
+              "family": info.family.kind, "generated": generated, "stopped_on_eos": cap.stopped_on_eos,
+              "chat_formatted": seq.chat_formatted, **({"stopped_on": cap.stopped_on} if generated else {})}
     return Trace(
-        model=model_name(model),
-        method=method,
-        params={"hops": hops, "hops_run": len(hop_records) - 1, "threshold": threshold,
-                "chat_template": chat_template, "rows": n_rows,
-                "explain": explain, "stop_rows": stop_rows, "completeness_tol": tol, "family": info.family.kind,
-                "generated": generated, "stopped_on_eos": stopped_on_eos,
-                "chat_formatted": seq.chat_formatted,
-                **({"stop_at": stop_at, "stopped_on": cap.stopped_on} if generated else {})},
+        model=cap.model,
+        method=opts.method,
+        params=params,
         ids=seq.ids.tolist(),
         tokens=seq.tokens,
         roles=seq.roles,

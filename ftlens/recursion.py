@@ -44,12 +44,21 @@ def explained_span(output: tuple[int, int], reasoning: tuple[int, int] | None, e
     return output
 
 
-def uniform_rows(span: Tensor, keep: Tensor) -> Tensor:
-    """Uniform weights over the rows of ``span`` (a 0/1 mask) that ``keep`` allows; over all of
-    ``span`` when it allows none (a span made only of stop tokens is still traced)."""
-    w = span.float() * keep.float()
-    if float(w.sum()) == 0.0:
-        w = span.float()
+def traced_rows(first: int, last: int, skip: Tensor | None = None) -> list[int]:
+    """The rows a span pass over positions ``[first, last)`` traces: every position that ``skip``
+    (bool ``[pos]``, ``stop_rows="skip"``'s stop tokens; ``None``: none) leaves, or all of them
+    when it would leave none (a span made only of stop tokens is still traced).  The one rule of
+    the trace's span passes, the token-wise rows, the recursion's hop 0 and the step graph's
+    nodes."""
+    rows = [t for t in range(first, last) if skip is None or not bool(skip[t])]
+    return rows or list(range(first, last))
+
+
+def uniform_weights(first: int, last: int, skip: Tensor | None, row_start: int, n_rows: int) -> Tensor:
+    """Uniform weights over the tracked rows ``[row_start, row_start + n_rows)``, on the
+    :func:`traced_rows` of ``[first, last)``."""
+    w = torch.zeros(n_rows)
+    w[torch.tensor(traced_rows(first, last, skip)) - row_start] = 1.0
     return w / w.sum()
 
 
@@ -107,10 +116,7 @@ def recurse(
     n_rows = n_pos - row_start
 
     keep = torch.ones(n_pos, dtype=torch.bool) if skip is None else ~(skip.bool() & (pos >= r0))
-    w = torch.zeros(n_rows)
-    w[first - row_start : last - row_start] = 1.0
-    w = uniform_rows(w, keep[row_start:])
-    shares = span_fn(w)
+    shares = span_fn(uniform_weights(first, last, skip, row_start, n_rows))
     v = shares.raw_scores.cpu() * keep
     norm = float(v.sum())
     p = v / norm if norm > 0 else torch.zeros_like(v)

@@ -128,6 +128,19 @@ class Trace:
         """``|mu_k|`` per hop: mass still on reasoning tokens after hop ``k``."""
         return [h.thinking_ratio for h in self.hops]
 
+    def scores_after(self, k: int) -> Float[Tensor, " pos"]:
+        """The scores after hop ``k``: ``sum_{j <= k} hop(j).scores`` (``F`` of a recursion stopped
+        after ``k`` hops; for one-pass methods ``k = 0`` is ``scores``).  A recursion that stopped
+        early (pending mass <= ``PENDING_TOL``) has its final scores for every later ``k``; a ``k``
+        beyond the hops the trace was asked for is refused."""
+        asked = int(self.params.get("hops", len(self.hops) - 1) or 0)
+        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= max(asked, len(self.hops) - 1):
+            raise TraceError(f"hop {k!r} is out of range; this trace ran hops 0..{max(asked, len(self.hops) - 1)}")
+        out = torch.zeros_like(self.hops[0].scores)
+        for h in self.hops[: k + 1]:
+            out = out + h.scores
+        return out
+
     def hop(self, k: int) -> HopRecord:
         """Hop record ``k`` (0 = the output span; negative counts from the last)."""
         if not isinstance(k, int) or isinstance(k, bool) or not -len(self.hops) <= k < len(self.hops):

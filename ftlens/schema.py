@@ -3,25 +3,19 @@
 A file is refused with :class:`~ftlens.errors.SchemaError` when it is not an ftlens
 trace, is of a newer schema, or makes no sense: shapes that disagree, an unknown method,
 negative shares, mass not conserved, roles that contradict the spans (method §10).
-The layout is documented in ``docs/cli.md`` (file format).
+The layout is documented in ``docs/cli.md`` (file format); what all result files share
+(reading, writing, typed values) is :mod:`ftlens.jsonfile`.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
-import math
 import os
-import zlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from torch import Tensor
-
+from . import jsonfile as jf
 from .errors import SchemaError
-from .fileio import atomic_write_bytes
+from .jsonfile import as_dict, as_float, as_int, as_list, as_pair, as_str, tolist
 from .options import METHODS
 from .records import HopRecord
 from .spans import ROLES
@@ -52,23 +46,23 @@ def encode(self: Any) -> dict[str, Any]:
         "roles": list(self.roles),
         "output": list(self.output),
         "reasoning": list(self.reasoning) if self.reasoning is not None else None,
-        "scores": _tolist(self.scores),
+        "scores": tolist(self.scores),
         "output_mass": self.output_mass,
         "unresolved": self.unresolved,
-        "row_scores": _tolist(self.row_scores) if self.row_scores is not None else None,
+        "row_scores": tolist(self.row_scores) if self.row_scores is not None else None,
         "timings": dict(self.timings),
         "hops": [
             {
                 "weight": h.weight,
                 "norm": h.norm,
                 "thinking_ratio": h.thinking_ratio,
-                "scores": _tolist(h.scores),
-                "heads": _tolist(h.heads),
-                "residual": _tolist(h.residual),
-                "bias": _tolist(h.bias),
-                "mlp": _tolist(h.mlp),
-                "completeness_gap": _tolist(h.gap) if h.gap is not None else None,
-                "pending": _tolist(h.pending) if h.pending is not None else None,
+                "scores": tolist(h.scores),
+                "heads": tolist(h.heads),
+                "residual": tolist(h.residual),
+                "bias": tolist(h.bias),
+                "mlp": tolist(h.mlp),
+                "completeness_gap": tolist(h.gap) if h.gap is not None else None,
+                "pending": tolist(h.pending) if h.pending is not None else None,
             }
             for h in self.hops
         ],
@@ -77,36 +71,25 @@ def encode(self: Any) -> dict[str, Any]:
 
 def decode(d: Any, cls: type) -> Any:
     """Rebuild a Trace; raises :class:`SchemaError` on an unknown schema or bad content."""
-    if not isinstance(d, dict) or "schema_version" not in d:
-        raise SchemaError("not an ftlens trace (no schema_version field); pass a JSON file written by ftlens")
-    if d.get("format", FORMAT_NAME) != FORMAT_NAME:
-        raise SchemaError(f"not an ftlens trace (format {d.get('format')!r}); pass a JSON file written by ftlens")
-    ver = d["schema_version"]
-    if not isinstance(ver, int) or isinstance(ver, bool) or ver < 1:
-        raise SchemaError(f"bad schema_version {ver!r} (expected an integer >= 1); is this an ftlens trace?")
-    if ver > SCHEMA_VERSION:
-        raise SchemaError(
-            f"trace schema_version {ver} is newer than this ftlens understands ({SCHEMA_VERSION}); "
-            "upgrade ftlens (pip install -U ftlens)"
-        )
+    jf.check_header(d, FORMAT_NAME, SCHEMA_VERSION, default_format=FORMAT_NAME)
     try:
-        hops = [HopRecord(**fields) for fields in _hop_fields(_list(d["hops"]), len(_list(d["tokens"])))]
+        hops = [HopRecord(**fields) for fields in _hop_fields(as_list(d["hops"]), len(as_list(d["tokens"])))]
         trace = cls(
-            model=_str(d["model"]),
-            method=_str(d["method"]),
-            params=dict(_dict(d["params"])),
-            ids=[_int(i) for i in _list(d["ids"])],
-            tokens=[_str(t) for t in _list(d["tokens"])],
-            roles=[_str(r) for r in _list(d["roles"])],
-            output=_pair(d["output"]),
-            reasoning=_pair(d["reasoning"]) if d["reasoning"] is not None else None,
-            scores=_tensor(d["scores"], 1),
+            model=as_str(d["model"]),
+            method=as_str(d["method"]),
+            params=dict(as_dict(d["params"])),
+            ids=[as_int(i) for i in as_list(d["ids"])],
+            tokens=[as_str(t) for t in as_list(d["tokens"])],
+            roles=[as_str(r) for r in as_list(d["roles"])],
+            output=as_pair(d["output"]),
+            reasoning=as_pair(d["reasoning"]) if d["reasoning"] is not None else None,
+            scores=_array(d["scores"], 1),
             hops=hops,
-            output_mass=_float(d["output_mass"]),
-            unresolved=_float(d["unresolved"]),
-            row_scores=_tensor(d["row_scores"], 2) if d.get("row_scores") is not None else None,
-            timings={_str(k): _float(v) for k, v in _dict(d.get("timings", {})).items()},
-            version=_str(d.get("ftlens_version", "")),
+            output_mass=as_float(d["output_mass"]),
+            unresolved=as_float(d["unresolved"]),
+            row_scores=_array(d["row_scores"], 2) if d.get("row_scores") is not None else None,
+            timings={as_str(k): as_float(v) for k, v in as_dict(d.get("timings", {})).items()},
+            version=as_str(d.get("ftlens_version", "")),
         )
     except SchemaError:
         raise
@@ -124,54 +107,17 @@ def save(self: Any, path: str | os.PathLike) -> Path:
     A name ending in ``.gz`` is gzip-compressed (about 3x smaller).  An existing file
     at ``path`` is replaced only once the new one is complete.
     """
-    try:
-        text = json.dumps(encode(self), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except ValueError:
-        raise SchemaError("the trace holds NaN or infinite numbers and cannot be saved as JSON") from None
-    data = text.encode("utf-8")
-    if str(path).endswith(".gz"):
-        data = gzip.compress(data, compresslevel=6, mtime=0)
-    return atomic_write_bytes(path, data)
+    return jf.write(encode(self), path, "trace")
 
 
 def load(path: str | os.PathLike, cls: type) -> Any:
     """Read a trace written by :meth:`save`; :class:`SchemaError` if it is not one."""
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise SchemaError(f"trace file {p} does not exist; check the path") from None
-    except IsADirectoryError:
-        raise SchemaError(f"{p} is a folder, not a trace file; pass the path of a .json trace") from None
-    except OSError as exc:
-        raise SchemaError(f"cannot read trace file {p}: {exc.strerror}") from None
-    return loads(raw, cls, source=str(p))
+    return loads(jf.read(path, "trace"), cls, source=str(Path(path)))
 
 
 def loads(raw: bytes | str, cls: type, source: str = "trace") -> Any:
     """Parse a saved trace from bytes/text (gzip detected by its magic bytes)."""
-    if isinstance(raw, bytes) and raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error):
-            raise SchemaError(f"{source} is a truncated or corrupt gzip file; re-create it with ftlens") from None
-    if isinstance(raw, bytes):
-        try:
-            raw = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise SchemaError(f"{source} is not UTF-8 text; pass an ftlens JSON trace") from None
-    if not raw.strip():
-        raise SchemaError(f"{source} is empty (an interrupted copy?); re-create it with ftlens")
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise SchemaError(
-            f"{source} is not valid JSON (truncated or corrupt? {exc.msg} at line {exc.lineno} "
-            f"column {exc.colno}); re-create it with ftlens"
-        ) from None
-    except (ValueError, RecursionError) as exc:
-        raise SchemaError(f"{source} is not valid JSON ({type(exc).__name__}); re-create it with ftlens") from None
-    return decode(data, cls)
+    return decode(jf.parse(raw, source, "trace"), cls)
 
 
 def _hop_fields(hops: list, n: int) -> list[dict[str, Any]]:
@@ -179,16 +125,16 @@ def _hop_fields(hops: list, n: int) -> list[dict[str, Any]]:
     out = []
     for h in hops:
         f = {
-            "weight": _float(h["weight"]),
-            "norm": _float(h["norm"]),
-            "thinking_ratio": _float(h["thinking_ratio"]),
-            "scores": _tensor(h["scores"], 1),
-            "heads": _tensor(h["heads"], 3),
-            "residual": _tensor(h["residual"], 1),
-            "bias": _tensor(h["bias"], 1),
-            "mlp": _tensor(h["mlp"], 1),
-            "gap": _tensor(h["completeness_gap"], 1) if h.get("completeness_gap") is not None else None,
-            "pending": _tensor(h["pending"], 1) if h.get("pending") is not None else None,
+            "weight": as_float(h["weight"]),
+            "norm": as_float(h["norm"]),
+            "thinking_ratio": as_float(h["thinking_ratio"]),
+            "scores": _array(h["scores"], 1),
+            "heads": _array(h["heads"], 3),
+            "residual": _array(h["residual"], 1),
+            "bias": _array(h["bias"], 1),
+            "mlp": _array(h["mlp"], 1),
+            "gap": _array(h["completeness_gap"], 1) if h.get("completeness_gap") is not None else None,
+            "pending": _array(h["pending"], 1) if h.get("pending") is not None else None,
         }
         n_layers = f["heads"].shape[0]
         per_layer = [f[k] for k in ("residual", "bias", "mlp", "gap") if f[k] is not None]
@@ -201,61 +147,8 @@ def _hop_fields(hops: list, n: int) -> list[dict[str, Any]]:
     return out
 
 
-def _tolist(t: Tensor) -> Any:
-    """Nested lists of Python floats, each the shortest decimal of its float32 value."""
-    a = t.detach().to("cpu", torch.float32).numpy()
-    if a.size == 0:
-        return a.tolist()
-    return np.vectorize(float, otypes=[object])(a.astype(str)).tolist()
-
-
-def _tensor(data: Any, ndim: int) -> Tensor:
-    if not isinstance(data, list):
-        raise SchemaError(f"corrupt ftlens trace: expected a {ndim}-d array, got {type(data).__name__}; re-create the file with ftlens")
-    t = torch.tensor(data, dtype=torch.float32)
-    if t.ndim != ndim and not (t.numel() == 0 and ndim >= 1):
-        raise SchemaError(f"corrupt ftlens trace: expected a {ndim}-d array, got {t.ndim}-d; re-create the file with ftlens")
-    if not bool(torch.isfinite(t).all()):
-        raise SchemaError("corrupt ftlens trace: non-finite numbers in an array; re-create the file with ftlens")
-    return t
-
-
-def _list(x: Any) -> list:
-    if not isinstance(x, list):
-        raise TypeError(f"expected a list, got {type(x).__name__}")
-    return x
-
-
-def _dict(x: Any) -> dict:
-    if not isinstance(x, dict):
-        raise TypeError(f"expected an object, got {type(x).__name__}")
-    return x
-
-
-def _str(x: Any) -> str:
-    if not isinstance(x, str):
-        raise TypeError(f"expected a string, got {type(x).__name__}")
-    return x
-
-
-def _int(x: Any) -> int:
-    if not isinstance(x, int) or isinstance(x, bool):
-        raise TypeError(f"expected an integer, got {x!r:.40}")
-    return x
-
-
-def _float(x: Any) -> float:
-    if not isinstance(x, (int, float)) or isinstance(x, bool):
-        raise TypeError(f"expected a number, got {x!r:.40}")
-    v = float(x)
-    if not math.isfinite(v):
-        raise ValueError("non-finite number")
-    return v
-
-
-def _pair(x: Any) -> tuple[int, int]:
-    a, b = _list(x)
-    return _int(a), _int(b)
+def _array(data: Any, ndim: int) -> Any:
+    return jf.tensor(data, ndim, "trace")
 
 
 def _check_consistent(tr: Any) -> None:

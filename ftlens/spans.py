@@ -44,7 +44,7 @@ from torch import Tensor
 
 from .chat import format_prompt, user_contents
 from .errors import SpanError
-from .tokens import _check_ids, _encode, decode_with_offsets, display_tokens, tokenize_in_context
+from .tokens import check_ids, encode_text, decode_with_offsets, display_tokens, tokenize_in_context
 
 #: Roles a position can have.
 ROLES = ("template", "prompt", "reasoning", "output", "other")
@@ -254,8 +254,8 @@ def build_sequence(
     if target_ids is not None:
         if target is not None:
             raise SpanError("pass either target= or target_ids=, not both")
-        target_ids = _check_ids(tokenizer, target_ids)
-        prompt_ids, offsets = _encode(tokenizer, formatted, special)
+        target_ids = check_ids(tokenizer, target_ids)
+        prompt_ids, offsets = encode_text(tokenizer, formatted, special)
         p = len(prompt_ids)
         target, t_off = decode_with_offsets(tokenizer, target_ids)
         if not target.strip():

@@ -33,7 +33,7 @@ __all__ = ["CONTINUATION", "tokenize_in_context", "decode_with_offsets", "displa
 CONTINUATION = ""
 
 
-def _encode(tokenizer: Any, text: str, special: bool) -> tuple[list[int], list[tuple[int, int]]]:
+def encode_text(tokenizer: Any, text: str, special: bool) -> tuple[list[int], list[tuple[int, int]]]:
     try:
         enc = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
     except (TypeError, UnicodeError, ValueError) as exc:
@@ -59,8 +59,8 @@ def tokenize_in_context(
         raise SpanError(
             "the target is blank (only whitespace); pass the text to attribute, or target=None to generate"
         )
-    prompt_ids, prompt_offsets = _encode(tokenizer, formatted, special)
-    ids, offsets = _encode(tokenizer, formatted + target, special)
+    prompt_ids, prompt_offsets = encode_text(tokenizer, formatted, special)
+    ids, offsets = encode_text(tokenizer, formatted + target, special)
     p = len(prompt_ids)
     if ids[:p] != prompt_ids:
         base = len(formatted)
@@ -72,7 +72,7 @@ def tokenize_in_context(
                 f"{formatted[-12:]!r}, the target starts {target[:12]!r}); end the prompt with a space "
                 "or newline, or start the target with one"
             )
-        head_ids, head_offsets = _encode(tokenizer, head, False) if head else ([], [])
+        head_ids, head_offsets = encode_text(tokenizer, head, False) if head else ([], [])
         ids = prompt_ids + head_ids + ids[j:]
         offsets = prompt_offsets + [(s + base, e + base) for s, e in head_offsets] + offsets[j:]
     if len(ids) == p:
@@ -173,7 +173,7 @@ def _shown_once(text: str, offsets: list[tuple[int, int]]) -> list[str]:
     return out
 
 
-def _check_ids(tokenizer: Any, ids: Any) -> list[int]:
+def check_ids(tokenizer: Any, ids: Any) -> list[int]:
     try:
         out = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
     except (TypeError, ValueError):

@@ -2,7 +2,7 @@
 written from the Hugging Face modules' own outputs (method §1-§4, §7, §8, §10).
 
 Independent of ftlens' engine, capture and of the TransformerBridge: it builds its OWN plain
-HF instance (``ftlens.models._tiny_hf_model(arch, seed=...)`` again, same weights as the
+HF instance (``ftlens.models.tiny_hf_model(arch, seed=...)`` again, same weights as the
 bridged one; the bridge replaces submodules of the instance it wraps, so that one is never
 used here), casts it to float64, runs one forward pass with eager attention and reads, per
 decoder layer, with forward hooks / pre-hooks on HF submodules:
@@ -289,18 +289,18 @@ class HFReference:
     """The reference for one tiny model and one token sequence.
 
     ``HFReference(arch, ids, seed=0, n_layers=2, ...)`` builds a fresh plain HF model with
-    ``ftlens.models._tiny_hf_model`` (same kwargs as the ``tiny_model`` under test).
+    ``ftlens.models.tiny_hf_model`` (same kwargs as the ``tiny_model`` under test).
     """
 
     def __init__(self, arch: str, ids, *, hf_model: torch.nn.Module | None = None, **tiny_kwargs):
-        from ftlens.models import _tiny_hf_model
+        from ftlens.models import tiny_hf_model
 
         if arch not in FAMILIES:
             raise KeyError(f"no reference family for {arch!r}")
         self.arch = arch
         self.kind = FAMILIES[arch].kind
         self.ids = torch.as_tensor(ids, dtype=torch.long)
-        model = hf_model if hf_model is not None else _tiny_hf_model(arch, **tiny_kwargs)
+        model = hf_model if hf_model is not None else tiny_hf_model(arch, **tiny_kwargs)
         assert model.config._attn_implementation == "eager"
         if getattr(model.config, "_experts_implementation", None) not in (None, "eager"):
             model.set_experts_implementation("eager")  # grouped_mm has no float64 kernel

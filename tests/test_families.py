@@ -35,7 +35,7 @@ TARGET = f"{REASONING} {ANSWER}"
 SPANS = dict(output=ftlens.Select(text=ANSWER), reasoning=ftlens.Select(text=REASONING), chat_template=False)
 HOPS = 2
 TOL = 1e-5
-WINDOW = 8  # ftlens.models._TINY_WINDOW
+WINDOW = 8  # ftlens.models.TINY_WINDOW
 
 #: Refused structures: tiny arch -> what the TraceError must name (regex, case-insensitive).
 REFUSED = {
@@ -62,9 +62,9 @@ def _model(arch: str):
 @functools.cache
 def _hf(arch: str):
     """A separate plain HF instance with the same weights (never wrapped by the bridge)."""
-    from ftlens.models import _tiny_hf_model
+    from ftlens.models import tiny_hf_model
 
-    return _tiny_hf_model(arch, **KW)
+    return tiny_hf_model(arch, **KW)
 
 
 @functools.cache
@@ -100,13 +100,13 @@ def _close(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
 @pytest.mark.parametrize("arch", ARCHS + tuple(sorted(REFUSED)))
 def test_tiny_model_boots_offline_with_hf_logits(arch):
     """Every tiny family boots through TransformerBridge offline; logits equal a separate HF instance's."""
-    from ftlens.models import _ENCODER_DECODER
+    from ftlens.models import ENCODER_DECODER
 
     model = _model(arch)
     ids = model.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
     hf = _hf(arch)
     with torch.no_grad():
-        if arch in _ENCODER_DECODER:
+        if arch in ENCODER_DECODER:
             want, got = hf(input_ids=ids, decoder_input_ids=ids).logits, model(ids, decoder_input=ids)
         else:
             want, got = hf(ids).logits, model(ids)

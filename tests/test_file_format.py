@@ -90,7 +90,7 @@ def test_shortest_float32_encoding_round_trips_every_bit_pattern_sampled():
     vals = vals[np.isfinite(vals)]
     extremes = np.array([0.0, -0.0, 1e-45, -1e-45, 1.1754944e-38, 3.4028235e38, -3.4028235e38], dtype=np.float32)
     vals = np.concatenate([vals, extremes])
-    encoded = json.loads(json.dumps(schema_mod._tolist(torch.from_numpy(vals))))
+    encoded = json.loads(json.dumps(schema_mod.tolist(torch.from_numpy(vals))))
     back = torch.tensor(encoded, dtype=torch.float32).numpy()
     assert np.array_equal(back.view(np.uint32), vals.view(np.uint32))
 
@@ -161,7 +161,7 @@ def test_interrupted_save_keeps_the_old_file_and_leaves_no_temp(traces, tmp_path
         raise exc("simulated crash")
 
     module, name = where.split(".")
-    monkeypatch.setattr({"json": schema_mod.json, "os": fileio_mod.os}[module], name, boom)
+    monkeypatch.setattr({"json": json, "os": fileio_mod.os}[module], name, boom)
     with pytest.raises(exc):
         new.save(path)
     monkeypatch.undo()

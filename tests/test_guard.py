@@ -118,9 +118,9 @@ def _reference_dla(arch: str, ids: torch.Tensor, span: tuple[int, int]):
     the centred part.  Head ``h``'s write at row ``t``: ``M_t * sum_s A[h,t,s] u[h,s]`` (``M_t``
     the post-norm's map, 1 otherwise); the MLP's: ``c - b``.
     """
-    from ftlens.models import _tiny_hf_model
+    from ftlens.models import tiny_hf_model
 
-    hf = _tiny_hf_model(arch, **KW).double().eval()
+    hf = tiny_hf_model(arch, **KW).double().eval()
     if getattr(hf.config, "_experts_implementation", None) not in (None, "eager"):
         hf.set_experts_implementation("eager")
     ref = HFReference(arch, ids, hf_model=hf)

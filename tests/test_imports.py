@@ -123,9 +123,70 @@ def test_the_cycle_finder_finds_a_planted_cycle():
 
 def test_the_import_walk_sees_lazy_imports():
     graph = _graph()
-    assert "ftlens.render" in graph["ftlens.residual"]  # .view() imports the renderer lazily
+    assert "ftlens.render" in graph["ftlens.cli.commands"]  # imported inside the commands that write pages
 
 
 @pytest.mark.parametrize("name", sorted(_modules()))
 def test_every_module_imports(name):
     importlib.import_module(name)
+
+
+def _private_imports(mods: dict[str, Path] | None = None) -> list[str]:
+    """``from ftlens.x import _name`` (or ``from .x import _name``) in one module of another's
+    private name: what crosses a module boundary must be public."""
+    mods = _modules() if mods is None else mods
+    known = set(_modules()) | set(mods)
+    bad = []
+    for name, path in mods.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            if mod.split(".")[0] != "ftlens":
+                continue
+            for alias in node.names:
+                private = alias.name.startswith("_") and not alias.name.startswith("__")
+                if private and f"{mod}.{alias.name}" not in known:
+                    bad.append(f"{name} imports {mod}.{alias.name}")
+    return bad
+
+
+def test_no_module_imports_a_private_name_of_another():
+    assert _private_imports() == []
+
+
+def test_the_private_import_check_sees_one(tmp_path):
+    """The check above can fail: it finds the private imports of a throw-away module (a plain and a
+    relative one, inside a function), and not its public one."""
+    path = tmp_path / "probe.py"
+    path.write_text("from .tokens import display_tokens\n\ndef f():\n    from ftlens.tokens import _hidden\n"
+                    "    from .result import _secret as s\n")
+    assert _private_imports({"ftlens.probe": path}) == ["ftlens.probe imports ftlens.tokens._hidden",
+                                                       "ftlens.probe imports ftlens.result._secret"]
+
+
+def test_results_never_import_views():
+    """Results (Trace, StepGraph, the residual analyses, Study) and their builders stay below the
+    renderer: no library module outside ftlens.render imports it, lazily or not (issue 20); only
+    the command line, the application on top, writes pages."""
+    graph = _graph()
+    users = sorted(m for m, deps in graph.items() if any(d == "ftlens.render" or d.startswith("ftlens.render.")
+                                                           for d in deps) and not m.startswith("ftlens.render"))
+    assert users == ["ftlens.cli.commands"]
+
+
+def test_no_module_is_over_450_lines():
+    long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > 450}
+    assert long == {}
+
+
+def test_study_stays_out_of_the_evaluation_wing():
+    graph = _graph()
+    assert not [(m, d) for m, deps in graph.items() if m.startswith("ftlens.study") for d in deps
+                if d.startswith("ftlens.eval")]

@@ -82,9 +82,9 @@ def test_second_load_reads_the_cache_not_the_gguf(smol, no_network, monkeypatch)
 
     monkeypatch.setattr(models.bundled, "_convert_gguf", no_conversion)  # where it is called
     again = models.load_model(device="cpu")
-    cached = models.cache_dir() / "models" / models._MODEL_SLUG
+    cached = models.cache_dir() / "models" / models.MODEL_SLUG
     assert again.original_model.name_or_path == str(cached)
-    assert (cached / "model.safetensors").is_file() and (cached / models._MARKER).is_file()
+    assert (cached / "model.safetensors").is_file() and (cached / models.MARKER).is_file()
     tokens = smol.to_tokens("The capital of France is")
     assert torch.equal(again(tokens), smol(tokens))
 
@@ -100,7 +100,7 @@ def test_interrupted_cache_write_leaves_no_directory(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        models._atomic_dir(target, crash, {"v": 1})
+        models.atomic_dir(target, crash, {"v": 1})
     assert not target.exists()
     assert list(target.parent.iterdir()) == []
 
@@ -110,10 +110,10 @@ def test_cache_write_replaces_a_stale_directory(tmp_path):
     target.mkdir()
     (target / "old.bin").write_bytes(b"old")  # no marker: stale/half cache
 
-    models._atomic_dir(target, lambda tmp: (tmp / "new.bin").write_bytes(b"new"), {"v": 1})
-    assert sorted(p.name for p in target.iterdir()) == [models._MARKER, "new.bin"]
-    assert models._is_valid_cache(target, {"v": 1})
-    assert not models._is_valid_cache(target, {"v": 2})
+    models.atomic_dir(target, lambda tmp: (tmp / "new.bin").write_bytes(b"new"), {"v": 1})
+    assert sorted(p.name for p in target.iterdir()) == [models.MARKER, "new.bin"]
+    assert models.is_valid_cache(target, {"v": 1})
+    assert not models.is_valid_cache(target, {"v": 2})
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
 
 
@@ -128,7 +128,7 @@ def test_cache_dir_follows_env_var(tmp_path, monkeypatch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_tiny_model_logits_equal_hf_logits(arch, no_network):
     model = models.tiny_model(arch, seed=3)
-    reference = models._tiny_hf_model(arch, seed=3)  # independent copy, same seed
+    reference = models.tiny_hf_model(arch, seed=3)  # independent copy, same seed
     tokens = model.to_tokens("The quick brown fox jumps over the lazy dog.")
     with torch.no_grad():
         expected = reference(tokens).logits
@@ -141,7 +141,7 @@ def test_tiny_model_logits_equal_hf_logits(arch, no_network):
 def test_tiny_model_has_gqa_and_the_arch_specific_parts(arch):
     model = models.tiny_model(arch)
     hf = model.original_model
-    assert hf.config.architectures == [models._ARCHITECTURES[arch]]
+    assert hf.config.architectures == [models.ARCHITECTURES[arch]]
     assert hf.config.vocab_size == len(model.tokenizer) == model.cfg.d_vocab
     assert (model.cfg.n_heads, model.cfg.n_key_value_heads, model.cfg.d_head) == (4, 2, 16)
     attn = hf.model.layers[0].self_attn
@@ -152,7 +152,7 @@ def test_tiny_model_has_gqa_and_the_arch_specific_parts(arch):
 
 def test_tiny_model_is_deterministic_per_seed():
     def weights(seed):
-        return models._tiny_hf_model("llama", seed=seed).state_dict()
+        return models.tiny_hf_model("llama", seed=seed).state_dict()
 
     a, b, c = weights(0), weights(0), weights(1)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -164,7 +164,7 @@ def test_tiny_model_leaves_global_rng_alone():
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    models._tiny_hf_model("qwen3", seed=7)
+    models.tiny_hf_model("qwen3", seed=7)
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -208,7 +208,7 @@ def test_hooks_context_manager_removes_its_hooks():
 
 
 def test_local_directory_loads_through_the_bridge(tmp_path, no_network):
-    reference = models._tiny_hf_model("qwen3", seed=5)
+    reference = models.tiny_hf_model("qwen3", seed=5)
     reference.save_pretrained(tmp_path)
     models.default_tokenizer().save_pretrained(tmp_path)
     model = models.load_model(str(tmp_path), device="cpu", dtype="bfloat16")
@@ -229,7 +229,7 @@ def test_cached_hub_model_loads_with_the_hub_unreachable(tmp_path, monkeypatch):
     snapshot.mkdir(parents=True)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0" * 40)
-    reference = models._tiny_hf_model("llama", seed=1)
+    reference = models.tiny_hf_model("llama", seed=1)
     reference.save_pretrained(snapshot)
     models.default_tokenizer().save_pretrained(snapshot)
     _block_network(monkeypatch)

@@ -29,9 +29,9 @@ def reference_hf_model():
     """A plain HF copy of the default model (the reference hooks HF modules directly)."""
     from transformers import AutoModelForCausalLM
 
-    from ftlens.models import _default_model_dir
+    from ftlens.models import default_model_dir
 
-    model = AutoModelForCausalLM.from_pretrained(_default_model_dir(), attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(default_model_dir(), attn_implementation="eager")
     return model.eval()
 
 

@@ -214,7 +214,7 @@ def test_edited_trace_dicts_load_or_raise_schema_error(valid, data):
 @SETTINGS
 @given(st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=1, max_size=50))
 def test_float32_values_round_trip_exactly_through_json(values):
-    from ftlens.schema import _tolist
+    from ftlens.jsonfile import tolist as _tolist
 
     t = torch.tensor(values, dtype=torch.float32)
     back = torch.tensor(json.loads(json.dumps(_tolist(t))), dtype=torch.float32)

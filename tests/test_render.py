@@ -67,8 +67,8 @@ def test_heatmap_has_one_colored_tokens_per_role_run_covering_the_sequence(trace
     comps = [p for p in view.parts if p.component is not None]
     assert all(p.component == "ColoredTokens" for p in comps)
     tokens = [t for p in comps for t in p.props["tokens"]]
-    assert tokens == render._display_tokens(trace.tokens)
-    runs = render._runs(trace.roles)
+    assert tokens == render.display_tokens(trace.tokens)
+    runs = render.role_runs(trace.roles)
     assert len(comps) == len(runs)
     mu = trace.relayed_mass().sum(0)  # reasoning runs: relayed mass, on a scale of their own
     for p, (role, a, b) in zip(comps, runs):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import ftlens
+from ftlens import render
 from ftlens import residual as R
 from ftlens.errors import SpanError
 from ftlens.examples import NEEDLE_PROMPT, NEEDLE_TARGET
@@ -130,7 +131,7 @@ def test_compare_heads_ranks_by_the_default_route_weighting_and_says_so(tiny_lla
     torch.testing.assert_close(cmp.trace_mass, routed)
     order = routed.flatten().argsort(descending=True)[:3].tolist()
     assert [(l * tr.n_heads + h) for l, h, *_ in cmp.rows()] == order
-    assert "route-weighted" in cmp.view().html()
+    assert "route-weighted" in render.comparison_view(cmp).html()
 
 
 def test_bad_spans_raise_span_error_and_leave_no_hooks(tiny_llama, tiny_trace):
@@ -159,10 +160,10 @@ def test_hooks_are_removed_when_the_forward_raises(tiny_llama):
 def test_residual_views_render_offline_html(tiny, tiny_trace):
     dla = R.direct_logit_attribution(tiny, tiny_trace)
     views = [
-        R.logit_lens(tiny, tiny_trace).view(),
-        dla.view(),
-        R.component_shares(tiny_trace).view(),
-        R.compare_heads(tiny_trace, dla).view(),
+        render.logit_lens_view(R.logit_lens(tiny, tiny_trace)),
+        render.dla_view(dla),
+        render.component_shares_view(R.component_shares(tiny_trace)),
+        render.comparison_view(R.compare_heads(tiny_trace, dla)),
     ]
     for v in views:
         html = v.html()

@@ -204,7 +204,7 @@ def test_grouping_the_batched_span_passes_changes_no_edge(monkeypatch):
 
     whole = _graph("llama")
     assert len(whole.traced) > 2
-    monkeypatch.setattr(sg, "_BATCH", 2)
+    monkeypatch.setattr(sg, "BATCH", 2)
     split = step_graph(_model("llama"), PROMPT, TARGET, chat_template=False)
     torch.testing.assert_close(split.edges, whole.edges, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(split.edge_heads, whole.edge_heads, atol=1e-6, rtol=1e-5)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ftlens import render
 from ftlens.errors import SpanError
 from ftlens.study import merge, run_study, shard_from_env
 from ftlens.study.aggregate import causal_summary, head_summary
@@ -285,12 +286,12 @@ def test_torchrun_two_processes_merge_to_the_one_process_tables(tiny_llama, tmp_
 def test_views_render_from_a_study(tiny_llama, tmp_path):
     study = run_study(tiny_llama, _records(3), draws=1)
     (l, h), = study.top_heads(1)
-    for view in (study.heatmap_view("evidence"), study.dla_view(), study.causal_view(),
-                 study.head_tokens_view(l, h, n=2)):
+    for view in (render.study_heatmap(study, "evidence"), render.study_dla(study), render.study_causal(study),
+                 render.study_head_tokens(study, l, h, n=2)):
         assert "<svg" in view.html() or "ColoredTokens" in view.html()
-    assert len([p for p in study.head_tokens_view(l, h, n=2).parts if p.component == "ColoredTokens"]) == 2
+    assert len([p for p in render.study_head_tokens(study, l, h, n=2).parts if p.component == "ColoredTokens"]) == 2
     with pytest.raises(SpanError, match="no measure"):
-        study.heatmap_view("segment:nope")
+        render.study_heatmap(study, "segment:nope")
 
 
 def test_cli_study_run_and_merge(tiny_cli, capsys, tmp_path):

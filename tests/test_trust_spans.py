@@ -164,7 +164,7 @@ def test_display_tokens_with_byte_fallback_pieces_show_each_character_once():
 
     from ftlens import models
 
-    gemma = AutoTokenizer.from_pretrained(str(models._bundled_model_dir(models._GEMMA3)))
+    gemma = AutoTokenizer.from_pretrained(str(models.bundled_model_dir(models.GEMMA3_SPEC)))
     text = " 𝔘𓀀 ok"
     ids = gemma(text, add_special_tokens=False).input_ids
     shown = tokens.display_tokens(gemma, ids)

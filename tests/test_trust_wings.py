@@ -231,7 +231,7 @@ def test_cli_study_prints_each_head_set_with_its_difference_and_ratio(tiny_cli, 
 
 def test_study_refuses_to_ablate_a_ranking_no_example_has(tiny_llama, tmp_path):
     """Examples made elsewhere (a merge of folders) can lack the measure: the causal pass refuses."""
-    from ftlens.study.run import _head_sets
+    from ftlens.study.run import head_sets_of as _head_sets
 
     ex = {"key": "a", "line": 1, "n_heads": 2, "heads": {"prompt": [1.0, 0.5, 0.2, 0.1], "evidence": None,
                                                          "dla": None}}
@@ -323,9 +323,9 @@ def test_a_bridge_the_user_booted_traces_like_load_model(default_model):
     from transformer_lens.model_bridge import TransformerBridge
 
     from ftlens.examples import NEEDLE_PROMPT, NEEDLE_TARGET
-    from ftlens.models.bundled import _default_model_dir
+    from ftlens.models.bundled import default_model_dir
 
-    mine = TransformerBridge.boot_transformers(str(_default_model_dir()), device="cpu", dtype=torch.float32)
+    mine = TransformerBridge.boot_transformers(str(default_model_dir()), device="cpu", dtype=torch.float32)
     a = ftlens.trace(mine, NEEDLE_PROMPT, NEEDLE_TARGET)
     b = ftlens.trace(default_model, NEEDLE_PROMPT, NEEDLE_TARGET)
     assert torch.equal(a.scores, b.scores) and a.top_heads(5) == b.top_heads(5)

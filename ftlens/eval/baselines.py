@@ -33,7 +33,8 @@ from torch import Tensor
 
 from ..bridge import act_name, device_of, hf_model, temporary_hooks
 from ..errors import TraceError
-from ..pipeline import trace
+from ..options import TraceOptions
+from ..pipeline import options_from, trace
 from ..spans import Sequence
 from .scoring import target_logprobs
 
@@ -164,37 +165,36 @@ def occlusion(
 
 def ftlens_scores(
     model: Any, prompt: str, target: str, seq: Sequence, *, hops_max: int = 3, tokenwise: bool = True,
-    chat_template: bool | None = None, explain: str = "output", stop_rows: str = "keep",
+    options: TraceOptions | None = None, **option_values: Any,
 ) -> dict[str, tuple[Tensor, float, Any]]:
     """ftlens methods from two traces: ``ifr-tokenwise`` and one ``flashtrace`` trace with
-    ``hops_max`` hops, from which ``flashtrace-h{k}`` (``F`` after ``k`` hops = sum of the first
-    ``k + 1`` hop contributions) and ``ifr-span`` (hop 0's raw scores ``r(s)``) are read.
+    ``hops_max`` hops, from which ``flashtrace-h{k}`` (``F`` after ``k`` hops,
+    :meth:`~ftlens.result.Trace.scores_after`) and ``ifr-span`` (hop 0's raw scores ``r(s)``) are read.
 
-    Returns ``name -> (scores[pos], seconds, trace)``; seconds for hop ``k`` are the capture time
-    plus ``(k + 1) / (hops_max + 1)`` of the attribution time (one span pass per hop).  With
-    ``explain="target"`` (hop 0 over reasoning + answer) the names carry a ``-target`` suffix
-    after the family: ``ifr-tokenwise-target``, ``ifr-span-target``, ``flashtrace-target-h{k}``.
-    ``stop_rows`` is passed to every trace (the names do not change).
+    ``options`` (or option keywords: ``chat_template``, ``explain``, ``stop_rows``, ...) are
+    passed to both traces (the method and hops are set here).  Returns ``name -> (scores[pos],
+    seconds, trace)``; seconds for hop ``k`` are the capture time plus ``(k + 1) / (hops_max + 1)``
+    of the attribution time (one span pass per hop).  With ``explain="target"`` (hop 0 over
+    reasoning + answer) the names carry a ``-target`` suffix after the family:
+    ``ifr-tokenwise-target``, ``ifr-span-target``, ``flashtrace-target-h{k}`` (``stop_rows`` does
+    not change the names).
     """
+    opts = options_from(options, option_values)
     out: dict[str, tuple[Tensor, float, Any]] = {}
-    sfx = "" if explain == "output" else f"-{explain}"
+    sfx = "" if opts.explain == "output" else f"-{opts.explain}"
     if tokenwise:
         t0 = time.perf_counter()
-        tw = trace(model, prompt, target, method="ifr-tokenwise", chat_template=chat_template, explain=explain,
-                   stop_rows=stop_rows)
+        tw = trace(model, prompt, target, **opts.replace(method="ifr-tokenwise", hops=None).kwargs())
         _check_ids(tw, seq)
         out[f"ifr-tokenwise{sfx}"] = (tw.scores, time.perf_counter() - t0, tw)
-    tr = trace(model, prompt, target, method="flashtrace", hops=hops_max, chat_template=chat_template,
-               explain=explain, stop_rows=stop_rows)
+    tr = trace(model, prompt, target, **opts.replace(method="flashtrace", hops=hops_max).kwargs())
     _check_ids(tr, seq)
     cap, att = tr.timings.get("capture", 0.0), tr.timings.get("attribution", 0.0)
     h0 = tr.hops[0]
     raw0 = h0.scores * h0.norm  # hop 0 contribution = r(s) / sum r on inputs
     out[f"ifr-span{sfx}"] = (raw0, cap + att / (hops_max + 1), tr)
-    cum = torch.zeros_like(tr.scores)
-    for k, h in enumerate(tr.hops):
-        cum = cum + h.scores
-        out[f"flashtrace{sfx}-h{k}"] = (cum.clone(), cap + att * (k + 1) / (hops_max + 1), tr)
+    for k in range(len(tr.hops)):
+        out[f"flashtrace{sfx}-h{k}"] = (tr.scores_after(k), cap + att * (k + 1) / (hops_max + 1), tr)
     return out
 
 

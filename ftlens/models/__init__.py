@@ -18,29 +18,29 @@ atomic directories, markers), :mod:`.bundled` (the bundled GGUF models, their co
 :func:`default_tokenizer`), :mod:`.hub` (named models), :mod:`.boot` (an HF model wrapped as
 a bridge, no compatibility mode), :mod:`.load` (:func:`load_model`), :mod:`.tiny`.
 
-This package re-exports the public names, and the private ones tests and analyses use.
-To monkeypatch a private function, patch it in the module that calls it (e.g.
-``ftlens.models.bundled._convert_gguf``), not here.
+This package re-exports the names tests and analyses use (all public: no module imports
+another's private name).  To monkeypatch a function, patch it in the module that calls it
+(e.g. ``ftlens.models.bundled._convert_gguf``), not here.
 """
 
 from __future__ import annotations
 
 from ..errors import ModelLoadError
-from .boot import _boot
+from .boot import boot_bridge
 from .bundled import (
-    _GEMMA3,
-    _MODEL_SLUG,
+    GEMMA3_SPEC,
+    MODEL_SLUG,
     DEFAULT_ALIASES,
     DEFAULT_MODEL,
     GEMMA3_270M,
-    _bundled_model_dir,
-    _default_model_dir,
+    bundled_model_dir,
+    default_model_dir,
     default_tokenizer,
 )
-from .cache import _MARKER, _atomic_dir, _is_valid_cache, cache_dir
+from .cache import MARKER, atomic_dir, is_valid_cache, cache_dir
 from .load import load_model
 from .options import resolve_device, resolve_dtype
-from .tiny import _ARCHITECTURES, _ENCODER_DECODER, _TINY_WINDOW, _tiny_hf_model, tiny_model
+from .tiny import ARCHITECTURES, ENCODER_DECODER, TINY_WINDOW, tiny_hf_model, tiny_model
 
 __all__ = [
     "DEFAULT_MODEL",

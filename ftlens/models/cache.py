@@ -2,8 +2,8 @@
 
 ``<cache>`` is ``$FTLENS_CACHE_DIR`` when set, else the user cache dir
 (``platformdirs.user_cache_dir("ftlens")``, e.g. ``~/.cache/ftlens``). A cached
-directory is valid while its marker file (:data:`_MARKER`, JSON) equals the
-fingerprint of its source; :func:`_atomic_dir` writes the marker last and renames a
+directory is valid while its marker file (:data:`MARKER`, JSON) equals the
+fingerprint of its source; :func:`atomic_dir` writes the marker last and renames a
 finished temporary sibling into place, so an interrupted write never leaves a
 half-written cache.
 """
@@ -20,8 +20,8 @@ from typing import Any, Callable
 
 __all__ = ["cache_dir"]
 
-_MARKER = "ftlens-cache.json"
-_CACHE_FORMAT = 1  # bump to invalidate caches written by older ftlens versions
+MARKER = "ftlens-cache.json"
+CACHE_FORMAT = 1  # bump to invalidate caches written by older ftlens versions
 
 
 def cache_dir() -> Path:
@@ -37,20 +37,20 @@ def cache_dir() -> Path:
         return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ftlens"
 
 
-def _source_fingerprint(source: Path) -> dict[str, Any]:
+def source_fingerprint(source: Path) -> dict[str, Any]:
     """Marker of a directory derived from the file ``source``: cache format, name, size."""
-    return {"format": _CACHE_FORMAT, "source": source.name, "source_bytes": source.stat().st_size}
+    return {"format": CACHE_FORMAT, "source": source.name, "source_bytes": source.stat().st_size}
 
 
-def _is_valid_cache(path: Path, fingerprint: dict[str, Any]) -> bool:
+def is_valid_cache(path: Path, fingerprint: dict[str, Any]) -> bool:
     """``path`` holds a marker equal to ``fingerprint``."""
     try:
-        return json.loads((path / _MARKER).read_text()) == fingerprint
+        return json.loads((path / MARKER).read_text()) == fingerprint
     except (OSError, ValueError):
         return False
 
 
-def _atomic_dir(target: Path, write: Callable[[Path], None], marker: dict[str, Any]) -> Path:
+def atomic_dir(target: Path, write: Callable[[Path], None], marker: dict[str, Any]) -> Path:
     """Create directory ``target`` atomically: ``write(tmp)`` fills a temporary sibling,
     the marker file is written last, then the sibling is renamed to ``target``.
 
@@ -63,8 +63,8 @@ def _atomic_dir(target: Path, write: Callable[[Path], None], marker: dict[str, A
     tmp.mkdir()  # (not mkdtemp: that makes it 0700, and it becomes the cache dir)
     try:
         write(tmp)
-        (tmp / _MARKER).write_text(json.dumps(marker, indent=1))
-        if target.exists() and not _is_valid_cache(target, marker):
+        (tmp / MARKER).write_text(json.dumps(marker, indent=1))
+        if target.exists() and not is_valid_cache(target, marker):
             stale = target.with_name(f".{target.name}.stale-{uuid.uuid4().hex[:8]}")
             with contextlib.suppress(OSError):
                 target.rename(stale)
@@ -72,7 +72,7 @@ def _atomic_dir(target: Path, write: Callable[[Path], None], marker: dict[str, A
         try:
             tmp.rename(target)
         except OSError:
-            if not _is_valid_cache(target, marker):  # lost a race to a broken writer
+            if not is_valid_cache(target, marker):  # lost a race to a broken writer
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,6 +1,6 @@
 """Models named by a Hugging Face hub id or a local checkpoint directory.
 
-:func:`_load_named` boots them through ``TransformerBridge.boot_transformers`` (raw HF
+:func:`load_named` boots them through ``TransformerBridge.boot_transformers`` (raw HF
 weights, as in :mod:`ftlens.models.boot`). Cheap checks come first, before the slow
 TransformerLens import: a path that is not a checkpoint folder, or a hub id that is
 neither in the Hugging Face cache nor reachable (one quick probe, no 20 s of retries),
@@ -84,7 +84,7 @@ def _unavailable(name: str, why: str) -> ModelLoadError:
     )
 
 
-def _load_named(
+def load_named(
     name: str, device: torch.device, dtype: torch.dtype, device_map: str | dict | None = None
 ) -> TransformerBridge:
     """Boot the hub id or local checkpoint folder ``name``; ``device_map`` replaces ``device``."""

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import ModelLoadError
-from .bundled import _BUNDLED, _SMOLLM2, _load_bundled
-from .hub import _load_named
+from .bundled import BUNDLED, SMOLLM2_SPEC, load_bundled
+from .hub import load_named
 from .options import resolve_device, resolve_dtype
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,12 +47,12 @@ def load_model(
             says what to do.
     """
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
-    spec = _SMOLLM2 if name is None else _BUNDLED.get(name)
+    spec = SMOLLM2_SPEC if name is None else BUNDLED.get(name)
     if spec is not None:
         if device_map is not None:
             raise ModelLoadError(
                 f"device_map is for hub or local models; the bundled {name or 'default'!r} "
                 "model fits one device"
             )
-        return _load_bundled(spec, torch_device, torch_dtype)
-    return _load_named(name, torch_device, torch_dtype, device_map)
+        return load_bundled(spec, torch_device, torch_dtype)
+    return load_named(name, torch_device, torch_dtype, device_map)

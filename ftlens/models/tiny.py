@@ -2,7 +2,7 @@
 
 Built from local configs (no hub), with grouped-query attention where the family has it,
 random norm gains and biases, and the SmolLM2 tokenizer. :func:`tiny_model` boots one as a
-``TransformerBridge``; :func:`_tiny_hf_model` is the bare HF model behind it (the same seed
+``TransformerBridge``; :func:`tiny_hf_model` is the bare HF model behind it (the same seed
 gives the same weights, so tests compare a bridge against an independent HF copy).
 """
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .boot import _boot
+from .boot import boot_bridge
 from .bundled import default_tokenizer
 from .options import resolve_device
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["tiny_model"]
 
 #: Tiny random test models: key -> HF architecture (see :func:`tiny_model`).
-_ARCHITECTURES = {
+ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
@@ -48,8 +48,8 @@ _ARCHITECTURES = {
 }
 #: Tiny families that have no grouped-query attention: ``n_kv_heads`` is forced to ``n_heads``.
 _MHA_ONLY = frozenset({"gpt2", "neox", "neox_seq", "gptj", "phi", "bloom", "bart"})
-_ENCODER_DECODER = frozenset({"bart"})
-_TINY_WINDOW = 8  # sliding window of the tiny models that have one: shorter than test sequences
+ENCODER_DECODER = frozenset({"bart"})
+TINY_WINDOW = 8  # sliding window of the tiny models that have one: shorter than test sequences
 _TINY_QUERY_SCALAR = 24  # Gemma 2/3 query_pre_attn_scalar (scale 24**-0.5, not d_head**-0.5)
 
 
@@ -66,17 +66,17 @@ def _tiny_config(
     initializer_range: float,
     tie_word_embeddings: bool,
 ) -> Any:
-    """The HF config of a tiny model of family ``arch`` (see :data:`_ARCHITECTURES`)."""
+    """The HF config of a tiny model of family ``arch`` (see :data:`ARCHITECTURES`)."""
     import transformers as hf
 
     d_head = d_model // n_heads
-    window = _TINY_WINDOW
+    window = TINY_WINDOW
     special = dict(bos_token_id=1, eos_token_id=2, pad_token_id=2)  # SmolLM2: <|im_start|>, <|im_end|>
     common = dict(
         vocab_size=vocab_size,
         initializer_range=initializer_range,
         tie_word_embeddings=tie_word_embeddings,
-        architectures=[_ARCHITECTURES[arch]],
+        architectures=[ARCHITECTURES[arch]],
         attn_implementation="eager",
         **special,
     )
@@ -155,7 +155,7 @@ def _tiny_config(
             max_position_embeddings=n_ctx, init_std=initializer_range, decoder_start_token_id=2,
             **{k: v for k, v in common.items() if k != "initializer_range"},
         )  # fmt: skip
-    raise ValueError(f"Unknown tiny arch {arch!r}: use one of {sorted(_ARCHITECTURES)}.")
+    raise ValueError(f"Unknown tiny arch {arch!r}: use one of {sorted(ARCHITECTURES)}.")
 
 
 def _randomise_norms_and_biases(model: PreTrainedModel, scale: float) -> None:
@@ -182,7 +182,7 @@ def _randomise_norms_and_biases(model: PreTrainedModel, scale: float) -> None:
                 param.add_(torch.randn_like(param), alpha=scale)
 
 
-def _tiny_hf_model(
+def tiny_hf_model(
     arch: str,
     *,
     seed: int = 0,
@@ -202,8 +202,8 @@ def _tiny_hf_model(
     """
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    if arch not in _ARCHITECTURES:
-        raise ValueError(f"Unknown tiny arch {arch!r}: use one of {sorted(_ARCHITECTURES)}.")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"Unknown tiny arch {arch!r}: use one of {sorted(ARCHITECTURES)}.")
     if arch in _MHA_ONLY:
         n_kv_heads = n_heads
     if d_model % n_heads or n_heads % n_kv_heads:
@@ -220,7 +220,7 @@ def _tiny_hf_model(
         initializer_range=initializer_range,
         tie_word_embeddings=tie_word_embeddings,
     )
-    auto = AutoModelForSeq2SeqLM if arch in _ENCODER_DECODER else AutoModelForCausalLM
+    auto = AutoModelForSeq2SeqLM if arch in ENCODER_DECODER else AutoModelForCausalLM
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = auto.from_config(config, dtype=torch.float32)
@@ -245,7 +245,7 @@ def tiny_model(
     """A small random-weight model for tests, booted as a ``TransformerBridge``; no hub.
 
     Args:
-        arch: a key of ``_ARCHITECTURES``. Pre-norm sequential: ``"llama"``, ``"qwen2"``
+        arch: a key of ``ARCHITECTURES``. Pre-norm sequential: ``"llama"``, ``"qwen2"``
             (q/k/v biases), ``"qwen3"`` (RMS QK-norm per head), ``"mistral"`` (sliding
             window 8), ``"mixtral"`` (window 8, 4 experts, 2 per token), ``"qwen3_moe"``,
             ``"gemma"`` (norm gain ``1 + w``), ``"phi3"`` (fused qkv, window 8), ``"gpt2"``
@@ -274,7 +274,7 @@ def tiny_model(
     works; float32; ``model.cfg.model_name`` is ``"ftlens/tiny-<arch>"``.
     """
     tokenizer = default_tokenizer()
-    hf_model = _tiny_hf_model(
+    hf_model = tiny_hf_model(
         arch,
         seed=seed,
         n_layers=n_layers,
@@ -287,4 +287,4 @@ def tiny_model(
         tie_word_embeddings=tie_word_embeddings,
     )
     assert len(tokenizer) <= hf_model.config.vocab_size
-    return _boot(f"ftlens/tiny-{arch}", hf_model, tokenizer, resolve_device(device), torch.float32)
+    return boot_bridge(f"ftlens/tiny-{arch}", hf_model, tokenizer, resolve_device(device), torch.float32)

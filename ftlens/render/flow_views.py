@@ -34,8 +34,7 @@ from torch import Tensor
 
 from ..errors import TraceError
 from ..result import Trace
-from .trace_views import HEAD_UNIT, ROLE_COLORS, _color, _display_tokens, _sig
-from .view import Part, View, heading, note, page, script, to_json
+from .view import HEAD_UNIT, ROLE_COLORS, Part, View, color, display_tokens, heading, note, page, script, sig, to_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..stepgraph import StepGraph
@@ -54,7 +53,7 @@ def _heads(mat: Float[Tensor, "layer head"], k: int, digits: int) -> list[list[i
     flat = mat.flatten()
     order = torch.argsort(flat, descending=True)[: max(0, k)]
     n_h = mat.shape[1]
-    return [[int(i) // n_h, int(i) % n_h, _sig(float(flat[i]), digits)] for i in order]
+    return [[int(i) // n_h, int(i) % n_h, sig(float(flat[i]), digits)] for i in order]
 
 
 def flow_data(g: "StepGraph", *, k_heads: int = 5, k_routes: int = 10, min_flow: float = 1e-3,
@@ -92,7 +91,7 @@ def flow_data(g: "StepGraph", *, k_heads: int = 5, k_routes: int = 10, min_flow:
             mass = float(g.absorbed[i])
             heat = {"inputs": True}
         nodes.append({"name": n.name, "kind": n.kind, "text": n.text, "start": n.start, "end": n.end,
-                      "mass": _sig(mass, digits), "heads": heads, "heat": heat})
+                      "mass": sig(mass, digits), "heads": heads, "heat": heat})
 
     edges, hidden, hidden_flow = [], 0, 0.0
     for r, x in enumerate(g.traced):
@@ -104,25 +103,25 @@ def flow_data(g: "StepGraph", *, k_heads: int = 5, k_routes: int = 10, min_flow:
                 hidden += 1
                 hidden_flow += flow
                 continue
-            heads = [[h.layer, h.head, _sig(h.score, digits)] for h in g.top_edge_heads(x, y, k_heads)]
-            edges.append({"x": x, "y": y, "w": _sig(float(g.edges[r, y]), digits),
-                          "wf": _sig(float(folded[r, y]), digits), "flow": _sig(flow, digits), "heads": heads})
-    routes = [{"nodes": list(rt.nodes), "mass": _sig(rt.mass, digits)} for rt in g.routes(k_routes)]
+            heads = [[h.layer, h.head, sig(h.score, digits)] for h in g.top_edge_heads(x, y, k_heads)]
+            edges.append({"x": x, "y": y, "w": sig(float(g.edges[r, y]), digits),
+                          "wf": sig(float(folded[r, y]), digits), "flow": sig(flow, digits), "heads": heads})
+    routes = [{"nodes": list(rt.nodes), "mass": sig(rt.mass, digits)} for rt in g.routes(k_routes)]
     end = g.output[1]
     return {
-        "tokens": _display_tokens(g.tokens[first:end]),
+        "tokens": display_tokens(g.tokens[first:end]),
         "roles": list(g.roles[first:end]),
         "first": first,
         "inputs_end": inputs_end,
         "nodes": nodes,
         "edges": edges,
-        "hidden": [hidden, _sig(hidden_flow, digits)],
+        "hidden": [hidden, sig(hidden_flow, digits)],
         "routes": routes,
-        "dist": [[_sig(float(v), digits) for v in g.dist[r, first:end]] for r in range(len(g.traced))],
-        "inputs": [_sig(float(v), digits) for v in g.token_scores[first:inputs_end]],
+        "dist": [[sig(float(v), digits) for v in g.dist[r, first:end]] for r in range(len(g.traced))],
+        "inputs": [sig(float(v), digits) for v in g.token_scores[first:inputs_end]],
         "answer": g.answer,
-        "answer_self": _sig(g.answer_self, digits),
-        "unresolved": _sig(g.unresolved, digits),
+        "answer_self": sig(g.answer_self, digits),
+        "unresolved": sig(g.unresolved, digits),
         "colors": KIND_COLORS,
     }
 
@@ -198,7 +197,7 @@ def tokenwise_matrix(trace: Trace, *, show_template: bool = True, numbers: bool 
     first = last - n_rows
     a = next((i for i, r in enumerate(trace.roles) if r == "prompt"), 0)
     cols = [s for s in range(a, last) if show_template or trace.roles[s] != "template"]
-    toks = _display_tokens(trace.tokens)
+    toks = display_tokens(trace.tokens)
     off_template = [s for s in cols if trace.roles[s] != "template"] or cols
     vmax = float(rs[:, off_template].max()) if off_template else 0.0
     vmax = vmax if vmax > 0 else 1.0
@@ -220,7 +219,7 @@ def tokenwise_matrix(trace: Trace, *, show_template: bool = True, numbers: bool 
             tip = html.escape(f"{toks[s]!r}@{s} -> {toks[t]!r}@{t}: {v:.4g}", quote=True)
             txt = f"{v:.{digits}f}" if numbers else ""
             fg = "#fff" if v / vmax > 0.6 else "#222"
-            cells.append(f'<td title="{tip}" data-v="{v!r}" style="background:{_color(v, vmax)};color:{fg}">{txt}</td>')
+            cells.append(f'<td title="{tip}" data-v="{v!r}" style="background:{color(v, vmax)};color:{fg}">{txt}</td>')
         label = html.escape(toks[t])
         body.append(f'<tr><th class="ft-tgt" title="{t}">{label}</th>{"".join(cells)}</tr>')
     table = (

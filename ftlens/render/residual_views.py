@@ -11,34 +11,9 @@ from typing import Any
 
 import torch
 
-from .trace_views import HEAD_UNIT
-from .view import Part, View, heading, note
+from .view import HEAD_UNIT, Part, View, figure_part, heading, note, pyplot
 
 __all__ = ["logit_lens_view", "dla_view", "component_shares_view", "comparison_view"]
-
-
-def _figure_part(fig: Any) -> Part:
-    """A matplotlib figure as inline SVG (no files, no network)."""
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
-    plt.close(fig)
-    svg = buf.getvalue()
-    return Part(html=svg[svg.find("<svg"):])
-
-
-def _plt():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover
-        raise ImportError("residual views need matplotlib: pip install matplotlib") from exc
-    return plt
 
 
 def logit_lens_view(lens: Any) -> View:
@@ -47,7 +22,7 @@ def logit_lens_view(lens: Any) -> View:
     The embedding layer (``L0``) is often far below the rest; it is drawn off-scale
     (value annotated) so the later layers stay readable.
     """
-    plt = _plt()
+    plt = pyplot()
     lp = lens.logprob
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3), gridspec_kw={"width_ratios": [1, 1.2]})
     ax1.plot(range(len(lp)), lp.numpy(), marker="o", ms=3)
@@ -65,12 +40,12 @@ def logit_lens_view(lens: Any) -> View:
     ax2.set_title("log p(token) per layer", fontsize=9)
     fig.colorbar(im, ax=ax2, shrink=0.8)
     fig.tight_layout()
-    return View([heading("Logit lens"), _figure_part(fig)], "Logit lens")
+    return View([heading("Logit lens"), figure_part(fig)], "Logit lens")
 
 
 def dla_view(dla: Any) -> View:
     """Heatmap of per-head DLA (diverging) and per-layer attention / MLP bars."""
-    plt = _plt()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [1, 1.4]})
     m = float(dla.heads.abs().max()) or 1.0
     im = ax1.imshow(dla.heads.T.numpy(), cmap="RdBu", vmin=-m, vmax=m, aspect="auto")
@@ -89,12 +64,12 @@ def dla_view(dla: Any) -> View:
             f"{float(dla.heads.sum()):.3f} + MLPs {float(dla.mlp.sum()):.3f} + biases "
             f"{float(dla.attn_bias.sum()) + dla.unembed_bias + dla.norm_bias:.3f} (gap {dla.gap:.2e}); "
             "final-norm scale frozen at its actual value.")
-    return View([heading("Direct logit attribution"), _figure_part(fig), note(text)], "DLA")
+    return View([heading("Direct logit attribution"), figure_part(fig), note(text)], "DLA")
 
 
 def component_shares_view(shares: Any) -> View:
     """Stacked per-layer shares (heads / residual / bias) and the MLP share as a line."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 2.8))
     x = torch.arange(shares.head_share.numel()).numpy()
     ax.bar(x, shares.head_share.numpy(), label="heads")
@@ -105,12 +80,12 @@ def component_shares_view(shares: Any) -> View:
     ax.set_ylabel("share")
     ax.set_title(f"Trace component shares, hop {shares.hop}")
     ax.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.25))
-    return View([heading("Component shares per layer"), _figure_part(fig)], "Component shares")
+    return View([heading("Component shares per layer"), figure_part(fig)], "Component shares")
 
 
 def comparison_view(cmp: Any) -> View:
     """Scatter of trace head mass vs DLA, per-layer attention shares, and a top-k table."""
-    plt = _plt()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
     ax1.scatter(cmp.trace_mass.flatten().numpy(), cmp.dla.flatten().numpy(), s=8, alpha=0.6)
     ax1.axhline(0, color="k", lw=0.5)
@@ -130,5 +105,5 @@ def comparison_view(cmp: Any) -> View:
     caption = note(f"Heads ranked by {HEAD_UNIT} (the ranking of <code>Trace.top_heads</code>): each head's share of "
                    "the span's update, over every source, times its layer's route weight to the output "
                    "(<code>Trace.route_weights</code>). DLA: the head's direct write to the summed target logits.")
-    return View([heading("Trace attribution vs direct logit attribution"), _figure_part(fig), caption, Part(html=table)],
+    return View([heading("Trace attribution vs direct logit attribution"), figure_part(fig), caption, Part(html=table)],
                 "Trace vs DLA")

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import html
 import uuid
-from typing import Sequence
-
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from ..result import Trace
-from .view import Part, View, heading, note, script, to_json
+from .view import (HEAD_UNIT, RELAYED_UNIT, ROLE_COLORS, Part, View, color, display_tokens, heading, note, role_runs,
+                   script, sig, to_json)
 
 __all__ = [
     "ROLE_COLORS",
@@ -29,29 +28,6 @@ __all__ = [
     "recursion_flow",
     "top_table",
 ]
-
-ROLE_COLORS = {"template": "#9e9e9e", "prompt": "#1f77b4", "reasoning": "#ff7f0e", "output": "#2ca02c",
-               "other": "#7f7f7f"}
-#: The one head ranking every view uses (``Trace.top_heads`` default, README "Ranking heads").
-HEAD_UNIT = "route-weighted mass"
-#: What a reasoning token's colour means when the relayed mass is drawn (``Trace.relayed_mass``).
-RELAYED_UNIT = "relayed mass (share of the answer's attribution, which totals 1)"
-
-
-def _display_tokens(tokens: Sequence[str]) -> list[str]:
-    """Make whitespace visible: newline as '↵', keep other text."""
-    return [t.replace("\n", "↵") if t.strip() == "" or "\n" in t else t for t in tokens]
-
-
-def _runs(roles: Sequence[str]) -> list[tuple[str, int, int]]:
-    runs: list[tuple[str, int, int]] = []
-    for i, r in enumerate(roles):
-        if runs and runs[-1][0] == r:
-            runs[-1] = (r, runs[-1][1], i + 1)
-        else:
-            runs.append((r, i, i + 1))
-    return runs
-
 
 def _legend() -> Part:
     spans = "".join(
@@ -97,7 +73,7 @@ def token_heatmap(
     mu = relayed_values(trace) if (relayed and values is None) else None
     mu_sum = mu.sum(0) if mu is not None else None
     vmax = _scale_max(trace, vals, skip_reasoning=mu_sum is not None)
-    toks = _display_tokens(trace.tokens)
+    toks = display_tokens(trace.tokens)
     parts = [heading(title), _legend()]
     if mu_sum is not None:
         r0, r1 = trace.reasoning
@@ -110,7 +86,7 @@ def token_heatmap(
             f"attribution, which totals 1. Their sum over the reasoning is the sum of the thinking ratios, "
             f"{float(mu_sum.sum()):.3f}."
         ))
-    for role, a, b in _runs(trace.roles):
+    for role, a, b in role_runs(trace.roles):
         if role == "template" and not show_template:
             continue
         color = ROLE_COLORS.get(role, "#7f7f7f")
@@ -153,7 +129,7 @@ def _multi(trace: Trace, channels: Float[Tensor, "pos channel"], labels: list[st
     a = _first_text(trace)
     return Part(
         component="ColoredTokensMulti",
-        props={"tokens": _display_tokens(trace.tokens[a:upto]), "values": channels[a:upto], "labels": labels},
+        props={"tokens": display_tokens(trace.tokens[a:upto]), "values": channels[a:upto], "labels": labels},
     )
 
 
@@ -204,17 +180,6 @@ def head_channels(trace: Trace, k: int = 8, where: str = "prompt") -> View:
     )
 
 
-def _color(v: float, vmax: float) -> str:
-    x = 0.0 if vmax <= 0 else max(0.0, min(1.0, v / vmax))
-    r, g, b = (int(255 - x * (255 - c)) for c in (8, 81, 156))
-    return f"rgb({r},{g},{b})"
-
-
-def _sig(x: float, digits: int) -> float:
-    """``x`` rounded to ``digits`` significant digits (route-weighted values can be ~1e-6)."""
-    return float(f"{x:.{digits}g}")
-
-
 def head_grid(trace: Trace, where: str = "prompt", *, digits: int = 4) -> View:
     """Layer x head grid of route-weighted attribution mass on ``where`` tokens; click a cell for its heatmap.
 
@@ -232,14 +197,14 @@ def head_grid(trace: Trace, where: str = "prompt", *, digits: int = 4) -> View:
     gid = "ftgrid-" + uuid.uuid4().hex[:10]
     a, upto = _first_text(trace), trace.inputs_end
     data = {
-        "tokens": _display_tokens(trace.tokens[a:upto]),
-        "values": [[[_sig(float(x), digits) for x in att[l, h, a:upto]] for h in range(n_h)] for l in range(n_l)],
+        "tokens": display_tokens(trace.tokens[a:upto]),
+        "values": [[[sig(float(x), digits) for x in att[l, h, a:upto]] for h in range(n_h)] for l in range(n_l)],
     }
     rows = ["<tr><th></th>" + "".join(f"<th>H{h}</th>" for h in range(n_h)) + "</tr>"]
     for l in range(n_l):
         cells = "".join(
             f'<td data-l="{l}" data-h="{h}" data-v="{float(mass[l, h])!r}" title="L{l}H{h}: {float(mass[l, h]):.4g}" '
-            f'style="background:{_color(float(mass[l, h]), vmax)}"></td>'
+            f'style="background:{color(float(mass[l, h]), vmax)}"></td>'
             for h in range(n_h)
         )
         rows.append(f"<tr><th>L{l}</th>{cells}</tr>")

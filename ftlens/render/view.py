@@ -27,14 +27,15 @@ import uuid
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from torch import Tensor
 
 from ..fileio import atomic_write_text
 
 __all__ = ["View", "Part", "page", "set_inline", "bundle_js", "asset", "script", "to_json", "identifier",
-           "heading", "note", "CSS"]
+           "heading", "note", "CSS", "ROLE_COLORS", "HEAD_UNIT", "RELAYED_UNIT", "display_tokens", "role_runs", "color",
+           "sig", "figure_part", "pyplot"]
 
 _INLINE = True
 _SLOT = re.compile(r"__([A-Z][A-Z0-9_]*)__")
@@ -208,3 +209,62 @@ def heading(text: str, level: int = 2) -> Part:
 def note(text: str) -> Part:
     """A small note under a figure (``text`` is HTML)."""
     return Part(html=f'<div class="ft-note">{text}</div>')
+
+
+# ---------------------------------------------------------------------- helpers every view family uses
+ROLE_COLORS = {"template": "#9e9e9e", "prompt": "#1f77b4", "reasoning": "#ff7f0e", "output": "#2ca02c",
+               "other": "#7f7f7f"}
+#: The one head ranking every view uses (``Trace.top_heads`` default, README "Ranking heads").
+HEAD_UNIT = "route-weighted mass"
+#: What a reasoning token's colour means when the relayed mass is drawn (``Trace.relayed_mass``).
+RELAYED_UNIT = "relayed mass (share of the answer's attribution, which totals 1)"
+
+
+def display_tokens(tokens: Sequence[str]) -> list[str]:
+    """Make whitespace visible: newline as '↵', keep other text."""
+    return [t.replace("\n", "↵") if t.strip() == "" or "\n" in t else t for t in tokens]
+
+
+def role_runs(roles: Sequence[str]) -> list[tuple[str, int, int]]:
+    runs: list[tuple[str, int, int]] = []
+    for i, r in enumerate(roles):
+        if runs and runs[-1][0] == r:
+            runs[-1] = (r, runs[-1][1], i + 1)
+        else:
+            runs.append((r, i, i + 1))
+    return runs
+
+
+def color(v: float, vmax: float) -> str:
+    x = 0.0 if vmax <= 0 else max(0.0, min(1.0, v / vmax))
+    r, g, b = (int(255 - x * (255 - c)) for c in (8, 81, 156))
+    return f"rgb({r},{g},{b})"
+
+
+def sig(x: float, digits: int) -> float:
+    """``x`` rounded to ``digits`` significant digits (route-weighted values can be ~1e-6)."""
+    return float(f"{x:.{digits}g}")
+
+
+def figure_part(fig: Any) -> Part:
+    """A matplotlib figure as inline SVG (no files, no network)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    svg = buf.getvalue()
+    return Part(html=svg[svg.find("<svg"):])
+
+
+def pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover
+        raise ImportError("these views need matplotlib: pip install matplotlib") from exc
+    return plt

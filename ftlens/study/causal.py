@@ -18,6 +18,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from ..bridge import act_name, device_of, hf_model, temporary_hooks
+from ..logprobs import target_logprobs
 
 __all__ = ["clean_pass", "ablated_logprobs", "ablate_example", "random_heads"]
 
@@ -64,8 +65,6 @@ def ablated_logprobs(model: Any, ids: Int[Tensor, " pos"], start: int, output: t
     or the ``[layer, head, dh]`` replacement ``z`` (mean-ablation).  An all-False mask is the
     clean run.  Rows run ``chunk`` at a time in one batch.
     """
-    from ..eval.scoring import target_logprobs
-
     L = int(model.cfg.n_layers)
     ref = next((m for m in means if m is not None), None)
     cur: dict[str, Tensor] = {}

@@ -1,4 +1,4 @@
-"""Study records: a :class:`ftlens.batch.Record` plus the regions a head study measures.
+"""Study records: a :class:`ftlens.jsonl.Record` plus the regions a head study measures.
 
 A record is one JSON object (a JSONL line, or a dict passed to :func:`ftlens.study.run_study`)
 with the fields of ``ftlens batch`` (``prompt`` required; ``target``, ``output``,
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .. import batch
+from .. import jsonl
 from ..errors import SpanError
 from .shard import in_shard
 
@@ -35,7 +35,7 @@ Ranges = list[tuple[int, int]]
 
 
 @dataclass
-class StudyRecord(batch.Record):
+class StudyRecord(jsonl.Record):
     """A batch record with its evidence and segments as character ranges of the prompt."""
 
     evidence: Ranges | None = None
@@ -82,7 +82,7 @@ def as_record(obj: dict[str, Any] | StudyRecord, line: int) -> StudyRecord:
     if not isinstance(obj, dict):
         raise SpanError(f"record {line}: a {type(obj).__name__}, not a dict with a \"prompt\"")
     try:
-        base = batch.parse_record(json.dumps(obj, ensure_ascii=False), line)
+        base = jsonl.parse_record(json.dumps(obj, ensure_ascii=False), line)
     except SpanError as exc:
         raise SpanError(f"record {line}: {exc}") from None
     ev_spec, seg_spec = obj.get("evidence"), obj.get("segments")
@@ -111,16 +111,16 @@ def select_shard(records: Iterable[dict[str, Any] | StudyRecord], shard: tuple[i
     return out
 
 
-def read_study_records(path: str | Path, shard: tuple[int, int] = (0, 1)) -> tuple[list[StudyRecord], list[batch.BadLine]]:
-    """:func:`ftlens.batch.read_records` plus each record's evidence and segments."""
-    recs, bad = batch.read_records(path, shard)
+def read_study_records(path: str | Path, shard: tuple[int, int] = (0, 1)) -> tuple[list[StudyRecord], list[jsonl.BadLine]]:
+    """:func:`ftlens.jsonl.read_records` plus each record's evidence and segments."""
+    recs, bad = jsonl.read_records(path, shard)
     lines = Path(path).read_bytes().split(b"\n")
     out = []
     for r in recs:
         try:
             out.append(as_record(json.loads(lines[r.line - 1].decode("utf-8")), r.line))
         except SpanError as exc:
-            bad.append(batch.BadLine(r.line, str(exc).removeprefix(f"record {r.line}: "), r.id))
+            bad.append(jsonl.BadLine(r.line, str(exc).removeprefix(f"record {r.line}: "), r.id))
     return out, sorted(bad, key=lambda b: b.line)
 
 
@@ -179,7 +179,7 @@ def check_rank_by(records: list[StudyRecord], rank_by: str, dla: bool = True) ->
     raise SpanError(f"unknown rank_by {rank_by!r}; use prompt, evidence, dla or segment:NAME")
 
 
-def check_not_empty(records: list[StudyRecord], bad: list[batch.BadLine], source: str) -> None:
+def check_not_empty(records: list[StudyRecord], bad: list[jsonl.BadLine], source: str) -> None:
     """Refuse a records file or list with no record at all (only blank lines, or nothing)."""
     if not records and not bad:
         raise SpanError(f"{source} has no records; write one JSON object per line, e.g. {{\"prompt\": ...}}")

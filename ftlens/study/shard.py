@@ -4,7 +4,7 @@ Order of precedence: an explicit ``(i, n)``; ``torchrun`` / ``torch.distributed`
 (``RANK`` and ``WORLD_SIZE``); Slurm job arrays (``SLURM_ARRAY_TASK_ID`` and
 ``SLURM_ARRAY_TASK_COUNT``, the id taken relative to ``SLURM_ARRAY_TASK_MIN``, so
 ``--array=1-8`` works); else ``(0, 1)``.  Shard ``i`` of ``n`` does the records at 1-based
-input lines ``L`` with ``(L - 1) % n == i`` (:func:`ftlens.batch.read_records`' rule), so
+input lines ``L`` with ``(L - 1) % n == i`` (:func:`ftlens.jsonl.read_records`' rule), so
 ``n`` shards cover every record exactly once.
 """
 

@@ -1,12 +1,15 @@
-"""Views of a :class:`~ftlens.study.Study`, drawn like :mod:`ftlens.render.residual_views`
-(matplotlib as inline SVG in a :class:`~ftlens.render.View`; CircuitsVis tokens for heatmaps).
+"""Views of a head study (:class:`ftlens.study.Study`), drawn like :mod:`.residual_views`
+(matplotlib as inline SVG in a :class:`~ftlens.render.view.View`; CircuitsVis tokens for heatmaps).
 
-- :func:`heatmap_view`: layer x head mean of a measure, its 95% interval width, and the top
+- :func:`study_heatmap`: layer x head mean of a measure, its 95% interval width, and the top
   heads with their intervals;
-- :func:`head_tokens_view`: one head's attribution over the prompt tokens of its strongest
+- :func:`study_head_tokens`: one head's attribution over the prompt tokens of its strongest
   examples (among those whose stored rows include it: each example keeps its top ``rows`` heads);
-- :func:`dla_view`: mean trace attribution vs mean DLA per head;
-- :func:`causal_view`: mean drop in the target's log-prob per ablated head set, with intervals.
+- :func:`study_dla`: mean trace attribution vs mean DLA per head;
+- :func:`study_causal`: mean drop in the target's log-prob per ablated head set, with intervals,
+  and each set's difference to random and ratio (or why the ratio is undefined).
+
+The study (a result) knows nothing about these; they read its tables.
 """
 
 from __future__ import annotations
@@ -18,14 +21,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["heatmap_view", "head_tokens_view", "dla_view", "causal_view"]
+from ..errors import SpanError
+from ..study.aggregate import causal_lines
+from ..study.stats import spearman, top_k
+from .view import Part, View, figure_part, heading, note, pyplot
+
+__all__ = ["study_heatmap", "study_head_tokens", "study_dla", "study_causal"]
 
 
 def _grid(study: Any, measure: str, col: str) -> np.ndarray:
     rows = [r for r in study.head_summary if r["measure"] == measure]
     if not rows:
-        from ..errors import SpanError
-
         have = sorted({r["measure"] for r in study.head_summary})
         raise SpanError(f"the study has no measure {measure!r}; it has {', '.join(have) or 'none'}")
     L = max(r["layer"] for r in rows) + 1
@@ -36,12 +42,9 @@ def _grid(study: Any, measure: str, col: str) -> np.ndarray:
     return g
 
 
-def heatmap_view(study: Any, measure: str = "prompt", top: int = 15) -> Any:
+def study_heatmap(study: Any, measure: str = "prompt", top: int = 15) -> Any:
     """Mean per (layer, head), the interval width, and the top heads with 95% intervals."""
-    from ..render.residual_views import _figure_part, _plt
-    from ..render.view import View, heading, note
-
-    plt = _plt()
+    plt = pyplot()
     mean, lo, hi = (_grid(study, measure, c) for c in ("mean", "ci_low", "ci_high"))
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(14, 3.6), gridspec_kw={"width_ratios": [1.2, 1.2, 1]})
     im = a1.imshow(mean.T, aspect="auto", cmap="viridis")
@@ -61,13 +64,11 @@ def heatmap_view(study: Any, measure: str = "prompt", top: int = 15) -> Any:
     text = (f"Route-weighted attribution per head ({measure}), mean over {n} examples; the interval is the "
             "two-sided 95% Student-t interval of the mean; the percentage is how often the head is in an "
             "example's own top-k.")
-    return View([heading(f"Head study: {measure}"), _figure_part(fig), note(text)], "Head study heatmap")
+    return View([heading(f"Head study: {measure}"), figure_part(fig), note(text)], "Head study heatmap")
 
 
-def head_tokens_view(study: Any, layer: int, head: int, n: int = 3) -> Any:
+def study_head_tokens(study: Any, layer: int, head: int, n: int = 3) -> Any:
     """Token heatmaps of head ``(layer, head)`` on its ``n`` strongest stored examples."""
-    from ..render.view import Part, View, heading, note
-
     score = {(r["key"]): r["prompt"] for r in study.head_scores if r["layer"] == layer and r["head"] == head}
     have = [r for r in study.token_rows if r["layer"] == layer and r["head"] == head]
     have.sort(key=lambda r: -score.get(r["key"], 0.0))
@@ -84,13 +85,9 @@ def head_tokens_view(study: Any, layer: int, head: int, n: int = 3) -> Any:
     return View(parts, f"Head L{layer}H{head}")
 
 
-def dla_view(study: Any, measure: str = "prompt", k: int = 5) -> Any:
+def study_dla(study: Any, measure: str = "prompt", k: int = 5) -> Any:
     """Scatter of each head's mean trace attribution against its mean DLA, top-k of each labelled."""
-    from ..render.residual_views import _figure_part, _plt
-    from ..render.view import View, heading, note
-    from .stats import spearman, top_k
-
-    plt = _plt()
+    plt = pyplot()
     m, d = _grid(study, measure, "mean").flatten(), _grid(study, "dla", "mean").flatten()
     H = _grid(study, measure, "mean").shape[1]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -102,17 +99,14 @@ def dla_view(study: Any, measure: str = "prompt", k: int = 5) -> Any:
     ax.set(xlabel=f"trace: mean {measure} attribution", ylabel="mean DLA",
            title=f"Spearman {spearman(list(m), list(d)):.2f}, top-{k} overlap {len(tm & td) / k:.2f}")
     fig.tight_layout()
-    return View([heading("Trace vs DLA per head"), _figure_part(fig),
+    return View([heading("Trace vs DLA per head"), figure_part(fig),
                  note("Red labels: in both top-k lists. DLA: the head's direct write to the output span's summed "
                       "target logits (final-norm scale frozen).")], "Trace vs DLA")
 
 
-def causal_view(study: Any) -> Any:
+def study_causal(study: Any) -> Any:
     """Mean drop in the target's log-prob per head set and k, zero and mean ablation, 95% intervals."""
-    from ..render.residual_views import _figure_part, _plt
-    from ..render.view import Part, View, heading, note
-
-    plt = _plt()
+    plt = pyplot()
     rows = study.causal_summary
     sets = list(dict.fromkeys(r["set"] for r in rows))
     modes = list(dict.fromkeys(r["mode"] for r in rows)) or ["zero", "mean"]
@@ -133,10 +127,8 @@ def causal_view(study: Any) -> Any:
         ax.set(title=f"{mode}-ablation", ylabel="drop in log p(target span)")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    from .aggregate import causal_lines
-
     lines = "".join(f"<li>{html.escape(x)}</li>" for x in causal_lines(rows))
-    return View([heading("Causal validation"), _figure_part(fig),
+    return View([heading("Causal validation"), figure_part(fig),
                  note("Drop = log p(span | clean) - log p(span | ablated), summed over the span; random: each "
                       "example's mean over its random head sets; bars: mean over examples, 95% interval. "
                       "The ratio to random is defined only when the random heads' mean drop is positive with a "
