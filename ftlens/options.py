@@ -32,6 +32,8 @@ METHODS = ("flashtrace", "ifr-span", "ifr-tokenwise")
 EXPLAIN = ("output", "target")
 #: What span passes do with the target's stop-token rows (``,`` ``.`` blank): trace them, or skip them.
 STOP_ROWS = ("keep", "skip")
+#: Which mass a hop re-traces: the reasoning tokens' (the paper's recursion), or every target token's.
+HANDOFF = ("reasoning", "target")
 #: Where a generated target stops: auto (line for raw-text prompts, eos for chat ones), line, eos.
 STOP_AT = ("auto", "line", "eos")
 #: Largest ``hops`` accepted; recursion stops earlier once the pending mass is <= PENDING_TOL.
@@ -53,7 +55,8 @@ class TraceOptions:
     ``method``: ``flashtrace`` (span pass + recursion), ``ifr-span`` or ``ifr-tokenwise``;
     ``hops``: recursion hops (``None``: 1 for flashtrace; other methods refuse any but 0);
     ``explain``: what hop 0 explains (``output`` or ``target``); ``stop_rows``: ``keep`` or
-    ``skip`` the target's stop-token rows; ``threshold``: zero normalised per-layer shares below
+    ``skip`` the target's stop-token rows; ``handoff``: which mass a hop re-traces (``reasoning``
+    or ``target``); ``threshold``: zero normalised per-layer shares below
     it; ``completeness_tol``: the completeness guard's tolerance (``None``: the model dtype's);
     ``chat_template``: use the tokenizer's chat template (``None``: when it has one);
     ``max_new_tokens`` and ``stop_at``: how a missing target is generated.
@@ -69,6 +72,10 @@ class TraceOptions:
     stop_rows: str = option("keep", request="non-default", cli={
         "flag": "--stop-rows", "choices": STOP_ROWS,
         "help": "the target's ',' '.' and blank rows: keep = trace them (default), skip = do not trace them"})
+    handoff: str = option("reasoning", request="non-default", cli={
+        "flag": "--handoff", "choices": HANDOFF,
+        "help": "which mass a hop re-traces: reasoning = the reasoning tokens' (default), target = every target "
+                "token's, the answer's own included (the reference package's recursion)"})
     threshold: float | None = option(None, cli={
         "flag": "--threshold", "type": "float", "help": "zero normalised per-layer shares below this, in [0, 1)"})
     max_new_tokens: int = option(128, request="generated", params="generated", cli={
@@ -144,6 +151,8 @@ def check(o: TraceOptions) -> None:
         raise TraceError(f"explain must be 'output' (the answer span) or 'target' (reasoning + answer), got {o.explain!r}")
     if o.stop_rows not in STOP_ROWS:
         raise TraceError(f"stop_rows must be 'keep' or 'skip' (the target's ',' '.' and blank rows), got {o.stop_rows!r}")
+    if o.handoff not in HANDOFF:
+        raise TraceError(f"handoff must be 'reasoning' or 'target' (which mass a hop re-traces), got {o.handoff!r}")
     if o.stop_at not in STOP_AT:
         raise TraceError(f"stop_at must be 'auto', 'line' or 'eos' (where a generated target stops), got {o.stop_at!r}")
     hops = o.hops

@@ -157,6 +157,7 @@ def trace(
     stop_rows: str = "keep",
     collect: Callable[[Sequence], list[tuple[str, Callable]]] | None = None,
     stop_at: str = "auto",
+    handoff: str = "reasoning",
 ) -> Trace:
     """Attribute the output span of ``target`` to every earlier position.
 
@@ -192,10 +193,13 @@ def trace(
     chat template formats it), ``"line"`` or ``"eos"``; ``params["stopped_on"]`` says why it
     stopped (``"eos"``, ``"line"`` or ``"length"``).  Without ``<think>`` tags a generated
     target is all output (no reasoning span is guessed).
+    ``handoff``: which mass flashtrace's hops re-trace, ``"reasoning"`` (default, the paper's
+    recursion) or ``"target"`` (every target token's, the answer's own included, as the reference
+    package does; the output mass is then 0; :mod:`ftlens.recursion`).
     """
     opts = TraceOptions(method=method, hops=hops, explain=explain, threshold=threshold, chat_template=chat_template,
                         max_new_tokens=max_new_tokens, completeness_tol=completeness_tol, stop_rows=stop_rows,
-                        stop_at=stop_at)
+                        stop_at=stop_at, handoff=handoff)
     cap = prepare(model, prompt, target, options=opts, target_ids=target_ids, messages=messages, system=system,
                   output=output, reasoning=reasoning, progress=progress, collect=collect)
     return attribute(cap, opts, progress=progress)
@@ -232,7 +236,7 @@ def attribute(cap: Captured, options: TraceOptions | None = None, *, progress: b
                                tol=tol)
 
         rec = recurse(span_fn, seq.n, row_start, seq.output, seq.reasoning, opts.n_hops, explain=opts.explain,
-                      pending_tol=PENDING_TOL, skip=skip)
+                      pending_tol=PENDING_TOL, skip=skip, handoff=opts.handoff)
         bar.close()
         hop_records = rec.hops
         if opts.method == "ifr-span":

@@ -16,6 +16,11 @@ hop 0's uniform weights leave them out (unless every explained token is one), an
 ``pk`` is taken over the other positions (``vk`` zeroed on them before normalising), so
 they neither explain nor relay; input positions are untouched.
 
+With ``handoff="target"`` the pending region is every target token ``[r0, o1)``, the answer's own
+included: hop ``k`` re-traces the mass hop ``k - 1`` put on reasoning *and* answer tokens (how the
+reference package hands mass on), the output mass is 0 and ``|mu_k|`` is the mass still on target
+tokens.
+
 Conservation: ``sum F + |mu_K| + output mass = 1`` (a test pins it).  The
 per-head attribution of the whole trace is ``sum_k c_k / sum(vk) * e_k[:, :, inputs]``
 with ``c_0 = 1`` and ``c_k = |mu_{k-1}|``; its sum over layers and heads is ``F``.
@@ -97,6 +102,7 @@ def recurse(
     explain: str = "output",
     pending_tol: float = 0.0,
     skip: Tensor | None = None,
+    handoff: str = "reasoning",
 ) -> Recursion:
     """Run hops 0..K.  ``span_fn(weights over tracked rows [row_start, n_pos))`` -> shares.
 
@@ -106,13 +112,15 @@ def recurse(
     cases the mass hop 0 puts on pending tokens is recursed and the mass on ``O`` is reported.
     Hops stop early once the pending mass ``|mu_k|`` is at most ``pending_tol`` (``len(hops) - 1``
     says how many ran; the rest stays ``unresolved``).  ``skip``: bool ``[pos]``, target
-    positions that are never rows (``stop_rows="skip"``; module docstring).
+    positions that are never rows (``stop_rows="skip"``; module docstring).  ``handoff``: which
+    mass a hop re-traces, the reasoning tokens' (``"reasoning"``) or every target token's
+    (``"target"``, the answer's own included; module docstring).
     """
     first, last = explained_span(output, reasoning, explain)
     r0 = reasoning[0] if reasoning is not None else output[0]
     pos = torch.arange(n_pos)
     inputs = pos < r0
-    pending = (pos >= r0) & (pos < output[0])
+    pending = (pos >= r0) & (pos < (output[0] if handoff == "reasoning" else output[1]))
     n_rows = n_pos - row_start
 
     keep = torch.ones(n_pos, dtype=torch.bool) if skip is None else ~(skip.bool() & (pos >= r0))
@@ -123,7 +131,7 @@ def recurse(
     mu = p * pending
     hop_list = [_hop(1.0, norm, shares, p * inputs, mu)]
     final = p * inputs
-    output_mass = float(p[output[0] : output[1]].sum())
+    output_mass = float(p[output[0] : output[1]].sum()) if handoff == "reasoning" else 0.0
     for _ in range(hops):
         mass = float(mu.sum())
         if mass <= pending_tol:

@@ -76,17 +76,20 @@ def token_scores(T: dict, weights: dict[int, float]) -> torch.Tensor:
 
 
 def flashtrace(T: dict, output: tuple[int, int], reasoning: tuple[int, int] | None, hops: int,
-               explain: str = "output", skip: frozenset[int] = frozenset()):
+               explain: str = "output", skip: frozenset[int] = frozenset(), handoff: str = "reasoning"):
     """Spec section 4, written out with explicit mass bookkeeping.
 
     ``explain="target"``: hop 0 explains every token from the reasoning start to the output end.
     ``skip``: target positions that are never rows (``stop_rows="skip"``): hop 0 spreads its
     weight over the other explained tokens (all of them if none is left), and each pass's token
-    scores on skipped target positions are set to 0 before normalising."""
+    scores on skipped target positions are set to 0 before normalising.
+    ``handoff="target"``: every target token's mass is handed to the next hop, the answer's own
+    included (none is reported as output mass)."""
     n = T["a"][0].shape[0]
     r0 = reasoning[0] if reasoning else output[0]
+    end = output[0] if handoff == "reasoning" else output[1]
     inputs = [s < r0 for s in range(n)]
-    pending = [r0 <= s < output[0] for s in range(n)]
+    pending = [r0 <= s < end for s in range(n)]
     dropped = [s >= r0 and s in skip for s in range(n)]
 
     def scores(weights):
@@ -100,7 +103,7 @@ def flashtrace(T: dict, output: tuple[int, int], reasoning: tuple[int, int] | No
     rows = [t for t in o if t not in skip] or list(o)
     v = scores({t: 1.0 / len(rows) for t in rows})
     p = v / v.sum()
-    out_mass = float(p[output[0] : output[1]].sum())
+    out_mass = float(p[output[0] : output[1]].sum()) if handoff == "reasoning" else 0.0
     F = torch.tensor([float(p[s]) if inputs[s] else 0.0 for s in range(n)], dtype=torch.float64)
     mu = {s: float(p[s]) for s in range(n) if pending[s]}
     ratios = [sum(mu.values())]
