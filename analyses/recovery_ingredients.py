@@ -18,12 +18,12 @@ paired with the reference package (``flashtrace`` 0.1.1, hops=1) on the same exa
   (``masked``: the mask the reference applies inside its method; the spec allows it only applied
   to every method alike, which is what this column is);
 
-and hops 0..``--hops`` (hop 0 does not depend on ``handoff``).  Per pass: ``v = span pass of the
-weights`` (rows = tracked positions, :func:`ftlens.aggregate.span_shares`), zeroed on skipped
-rows, ``p = v / sum v``; ``F += |mu| p[inputs]``, ``mu = |mu| p[pending]`` with ``pending`` the
-reasoning tokens (``handoff=reasoning``) or every target token (``handoff=target``).  The
-``handoff=reasoning`` variants are the library's: on the first ``--check`` examples of each task
-the script asserts they equal ``ftlens.trace(..., method="flashtrace")`` within 1e-5.
+and hops 0..``--hops`` (hop 0 does not depend on ``handoff``).  Every variant is the library's own
+recursion: one capture pass per example (:func:`ftlens.pipeline.prepare`), then
+:func:`ftlens.pipeline.attribute` with ``explain=span, stop_rows=rows, handoff=handoff`` and
+``Trace.scores_after(k)`` for each hop (the recursion stops once the pending mass is below
+``PENDING_TOL``; later hops keep its scores); ``sources=masked`` zeroes the stop tokens among
+the prompt sources before ranking.
 
 Reported per variant: Recovery@10%, its paired difference to the reference (mean ± s.e.), and
 ``same top`` -- the share of examples whose top-10% prompt tokens are exactly the reference's
@@ -37,15 +37,12 @@ import time
 
 import torch
 
-import ftlens
-from ftlens.aggregate import span_shares
 from ftlens.eval import scaffold as S
 from ftlens.eval.cases import build_case
 from ftlens.eval.loading import load_model_for
 from ftlens.eval.metrics import recovery, top_slots
 from ftlens.eval.reference import reference_flashtrace
-from ftlens.pipeline import prepare
-from ftlens.tokens import stop_tokens
+from ftlens.pipeline import attribute, prepare
 
 TASKS = ("twohop", "arith", "vartrack", "needle_multikey")
 SPANS, ROWS, HANDOFFS, SOURCES = ("output", "target"), ("keep", "skip"), ("reasoning", "target"), ("all", "masked")
@@ -63,7 +60,6 @@ def parse(argv=None):
     p.add_argument("--needle-length", type=int, default=256, help="prompt tokens of needle_multikey")
     p.add_argument("--hops", type=int, default=3, help="hops of the recursion (0..hops are scored)")
     p.add_argument("--pct", type=float, default=10.0)
-    p.add_argument("--check", type=int, default=1, help="examples per task checked against ftlens.trace")
     p.add_argument("--no-reference", action="store_true", help="skip the reference package")
     p.add_argument("--name", default="recovery_ingredients")
     a = p.parse_args(argv)
@@ -80,55 +76,18 @@ def variant(span: str, rows: str, handoff: str, hop: int, sources: str) -> str:
     return f"{span}/{rows}/{mid}/{sources}"
 
 
-def recursions(cap, seq, stop, hops: int) -> dict[tuple, torch.Tensor]:
-    """``(span, rows, handoff, hop) -> F`` over positions (module docstring), from ``cap``'s state."""
-    n, p0 = seq.n, seq.prompt_len
-    r0 = seq.reasoning[0] if seq.reasoning is not None else seq.output[0]
-    o0, o1 = seq.output
-    pos = torch.arange(n)
-    inputs = (pos < r0).float()
-
-    def span_pass(w: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        v = span_shares(cap.states, cap.info, cap.row_pos, w[p0:], None, tol=cap.tol).raw_scores.cpu() * keep
-        return v / v.sum()
-
+def recursions(cap, hops: int) -> dict[tuple, torch.Tensor]:
+    """``(span, rows, handoff, hop) -> F`` over positions (module docstring): the library's
+    recursion on ``cap``'s state, one :func:`attribute` per ``span x rows x handoff``."""
     out = {}
     for rows in ROWS:
-        keep = (~(stop & (pos >= r0))).float() if rows == "skip" else torch.ones(n)
         for span in SPANS:
-            lo = o0 if span == "output" else r0
-            w = ((pos >= lo) & (pos < o1)).float() * keep
-            if float(w.sum()) == 0.0:
-                w = ((pos >= lo) & (pos < o1)).float()
-            p_first = span_pass(w / w.sum(), keep)
-            out[(span, rows, None, 0)] = p_first * inputs
             for handoff in HANDOFFS:
-                pending = ((pos >= r0) & (pos < (o0 if handoff == "reasoning" else o1))).float()
-                f, mu = p_first * inputs, p_first * pending
+                tr = attribute(cap, hops=hops, explain=span, stop_rows=rows, handoff=handoff)
+                out[(span, rows, None, 0)] = tr.scores_after(0)
                 for k in range(1, hops + 1):
-                    mass = float(mu.sum())
-                    if mass > 0:
-                        p = span_pass(mu / mass, keep)
-                        f, mu = f + mass * p * inputs, mass * p * pending
-                    out[(span, rows, handoff, k)] = f.clone()
+                    out[(span, rows, handoff, k)] = tr.scores_after(k)
     return out
-
-
-def check_library(model, ex, got: dict, hops: int) -> float:
-    """Largest difference of the ``handoff=reasoning`` variants from the library's flashtrace."""
-    worst = 0.0
-    for span in SPANS:
-        for rows in ROWS:
-            tr = ftlens.trace(model, ex["prompt"], ex["target"], method="flashtrace", hops=hops,
-                              explain=span, stop_rows=rows)
-            cum = torch.zeros_like(tr.scores)
-            for k, h in enumerate(tr.hops):
-                cum = cum + h.scores
-                mine = got[(span, rows, None if k == 0 else "reasoning", k)]
-                worst = max(worst, float((cum.float().cpu() - mine).abs().max()))
-    if worst > 1e-5:
-        raise RuntimeError(f"the script's recursion differs from ftlens.trace by {worst:.2e} on {ex['id']}")
-    return worst
 
 
 def main(argv=None) -> int:
@@ -136,14 +95,12 @@ def main(argv=None) -> int:
     run = S.Run.start("recovery_ingredients.py", args, argv)
     if args.from_csv:
         rows = S.read_csv(args.from_csv, floats=METRICS)
-        write(run, rows, float("nan"), float("nan"))
+        write(run, rows, float("nan"))
         return 0
     model = load_model_for(args.model)
     tok = model.tokenizer
     jobs = run.task_jobs(args.tasks, tok, args.n, args.chain_length, args.needle_length)
     rows: list[dict] = []
-    checked: dict[str, int] = {}
-    worst = 0.0
     t_start = time.perf_counter()
     bar = run.progress(jobs, "recovery_ingredients")
     for label, ex in bar:
@@ -152,11 +109,8 @@ def main(argv=None) -> int:
         cap = prepare(model, ex["prompt"], ex["target"])
         if cap.seq.ids.tolist() != seq.ids.tolist():
             raise RuntimeError("the capture's ids differ from the evaluation sequence")
-        stop = stop_tokens(tok, seq.ids.tolist())
-        got = recursions(cap, seq, stop, args.hops)
-        if checked.get(label, 0) < args.check:
-            worst = max(worst, check_library(model, ex, got, args.hops))
-            checked[label] = checked.get(label, 0) + 1
+        stop = cap.stop
+        got = recursions(cap, args.hops)
         ref = None if args.no_reference else reference_flashtrace(model, seq, fmt, hops=1)[case.prompt_pos].float()
         ref_top = None if ref is None else set(top_slots(ref, args.pct).tolist())
         ref_rec = float("nan") if ref is None else recovery(ref, case.evidence, args.pct)
@@ -174,7 +128,7 @@ def main(argv=None) -> int:
                              "recovery": rec, "d_recovery": rec - ref_rec, "same_top": same})
         S.write_csv(run.path(f"{args.name}.csv"), rows)
     elapsed = time.perf_counter() - t_start
-    write(run, rows, elapsed, worst)
+    write(run, rows, elapsed)
     run.done(f"{args.name}.md", rows, elapsed)
     return 0
 
@@ -194,7 +148,7 @@ PATH = (("ftlens default (explain=output)", "output/keep/reasoning/h1/all"),
         ("+ stop sources zeroed (= the reference's choices)", "target/skip/target/h1/masked"))
 
 
-def write(run, rows, elapsed: float, worst: float) -> None:
+def write(run, rows, elapsed: float) -> None:
     args = run.args
     summary = S.summarise(rows, ("task", "variant"), METRICS)
     S.write_csv(run.path(f"{args.name}_summary.csv"), summary)
@@ -207,9 +161,9 @@ def write(run, rows, elapsed: float, worst: float) -> None:
         f"among the user-prompt tokens; wall time {elapsed:.0f} s. Variant names are "
         "`span/rows/handoff/hop/sources` (module docstring). `vs reference`: paired difference to the reference "
         "package (hops=1) on the same example, mean ± s.e. (> 0: ftlens finds more evidence). `same top`: share of "
-        "examples whose top-10% prompt tokens are exactly the reference's. The script's `handoff=reasoning` "
-        f"recursion equals `ftlens.trace(method=\"flashtrace\")` (largest difference {worst:.1e} on the "
-        f"first {args.check} example(s) of each task).", "",
+        "examples whose top-10% prompt tokens are exactly the reference's. Every variant is the library's recursion "
+        "(`ftlens.pipeline.attribute` with `explain`, `stop_rows` and `handoff`, read after each hop with "
+        "`Trace.scores_after`).", "",
         "## From ftlens' default to the reference, one choice at a time (hops = 1)", ""]
     md.append(S.markdown_table(["step"] + [f"{t}: Recovery / vs ref / same top" for t in tasks], [
         [name] + [(f"{_f(by[(t, v)], 'recovery')} / {_f(by[(t, v)], 'd_recovery', True)} / "
