@@ -124,9 +124,8 @@ def run_jobs(records: Sequence[Record], bad: Sequence[BadLine], folder: Path | N
             raise SpanError(f"{str(folder)!r} is a file; pass a folder")
         if not resume:
             check_no_clash(records, store, folder)
-        for r in records[:1]:
-            store.path(r.key).parent.mkdir(parents=True, exist_ok=True)
-        folder.mkdir(parents=True, exist_ok=True)
+        for parent in {folder, *(store.path(r.key).parent for r in records)}:
+            parent.mkdir(parents=True, exist_ok=True)
     outcomes = {b.line: Outcome(b.line, None, b.id, "bad-line", b.message) for b in bad}
     for r in records:
         outcomes[r.line] = Outcome(r.line, r.key, r.id, "pending")
