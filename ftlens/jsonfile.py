@@ -14,8 +14,9 @@ import json
 import math
 import os
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from .errors import SchemaError
 from .fileio import atomic_write_bytes
 
 __all__ = ["KINDS", "tolist", "tensor", "as_list", "as_dict", "as_str", "as_int", "as_float", "as_pair",
-           "check_header", "write", "read", "parse"]
+           "fields_of", "sequence_fields", "check_header", "write", "read", "parse"]
 
 #: Each result file's ``format`` name -> what it is and how to load it (for the message that
 #: names the right loader when a file of one kind is given to another's).
@@ -57,22 +58,22 @@ def tensor(data: Any, ndim: int, what: str = "trace") -> Tensor:
     return t
 
 
-def as_list(x: Any) -> list:
-    if not isinstance(x, list):
-        raise TypeError(f"expected a list, got {type(x).__name__}")
+def _typed(x: Any, cls: type, noun: str) -> Any:
+    if not isinstance(x, cls):
+        raise TypeError(f"expected {noun}, got {type(x).__name__}")
     return x
+
+
+def as_list(x: Any) -> list:
+    return _typed(x, list, "a list")
 
 
 def as_dict(x: Any) -> dict:
-    if not isinstance(x, dict):
-        raise TypeError(f"expected an object, got {type(x).__name__}")
-    return x
+    return _typed(x, dict, "an object")
 
 
 def as_str(x: Any) -> str:
-    if not isinstance(x, str):
-        raise TypeError(f"expected a string, got {type(x).__name__}")
-    return x
+    return _typed(x, str, "a string")
 
 
 def as_int(x: Any) -> int:
@@ -93,6 +94,33 @@ def as_float(x: Any) -> float:
 def as_pair(x: Any) -> tuple[int, int]:
     a, b = as_list(x)
     return as_int(a), as_int(b)
+
+
+def sequence_fields(d: dict[str, Any]) -> dict[str, Any]:
+    """The fields every result file has about its sequence: ``model``, ``ids``, ``tokens``,
+    ``roles``, ``output``, ``reasoning`` (read inside :func:`fields_of`)."""
+    return {
+        "model": as_str(d["model"]),
+        "ids": [as_int(i) for i in as_list(d["ids"])],
+        "tokens": [as_str(t) for t in as_list(d["tokens"])],
+        "roles": [as_str(r) for r in as_list(d["roles"])],
+        "output": as_pair(d["output"]),
+        "reasoning": as_pair(d["reasoning"]) if d["reasoning"] is not None else None,
+    }
+
+
+@contextmanager
+def fields_of(what: str) -> Iterator[None]:
+    """Read a file's fields inside this: a missing field or a value of the wrong type becomes a
+    one-line :class:`SchemaError` naming it (``corrupt ftlens {what}: ...``)."""
+    try:
+        yield
+    except SchemaError:
+        raise
+    except KeyError as exc:
+        raise SchemaError(f"corrupt ftlens {what}: field {exc} is missing; re-create the file with ftlens") from None
+    except (TypeError, ValueError, IndexError, AttributeError, OverflowError, RuntimeError) as exc:
+        raise SchemaError(f"corrupt ftlens {what} ({type(exc).__name__}: {exc}); re-create the file with ftlens") from None
 
 
 def check_header(d: Any, format_name: str, version: int, *, default_format: str | None = None) -> None:

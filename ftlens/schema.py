@@ -15,7 +15,7 @@ from typing import Any
 
 from . import jsonfile as jf
 from .errors import SchemaError
-from .jsonfile import as_dict, as_float, as_int, as_list, as_pair, as_str, tolist
+from .jsonfile import as_dict, as_float, as_list, as_str, tolist
 from .options import METHODS
 from .records import HopRecord
 from .spans import ROLES
@@ -72,17 +72,12 @@ def encode(self: Any) -> dict[str, Any]:
 def decode(d: Any, cls: type) -> Any:
     """Rebuild a Trace; raises :class:`SchemaError` on an unknown schema or bad content."""
     jf.check_header(d, FORMAT_NAME, SCHEMA_VERSION, default_format=FORMAT_NAME)
-    try:
+    with jf.fields_of("trace"):
         hops = [HopRecord(**fields) for fields in _hop_fields(as_list(d["hops"]), len(as_list(d["tokens"])))]
         trace = cls(
-            model=as_str(d["model"]),
+            **jf.sequence_fields(d),
             method=as_str(d["method"]),
             params=dict(as_dict(d["params"])),
-            ids=[as_int(i) for i in as_list(d["ids"])],
-            tokens=[as_str(t) for t in as_list(d["tokens"])],
-            roles=[as_str(r) for r in as_list(d["roles"])],
-            output=as_pair(d["output"]),
-            reasoning=as_pair(d["reasoning"]) if d["reasoning"] is not None else None,
             scores=_array(d["scores"], 1),
             hops=hops,
             output_mass=as_float(d["output_mass"]),
@@ -91,12 +86,6 @@ def decode(d: Any, cls: type) -> Any:
             timings={as_str(k): as_float(v) for k, v in as_dict(d.get("timings", {})).items()},
             version=as_str(d.get("ftlens_version", "")),
         )
-    except SchemaError:
-        raise
-    except KeyError as exc:
-        raise SchemaError(f"corrupt ftlens trace: field {exc} is missing; re-create the file with ftlens") from None
-    except (TypeError, ValueError, IndexError, AttributeError, OverflowError, RuntimeError) as exc:
-        raise SchemaError(f"corrupt ftlens trace ({type(exc).__name__}: {exc}); re-create the file with ftlens") from None
     _check_consistent(trace)
     return trace
 

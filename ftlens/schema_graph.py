@@ -17,7 +17,7 @@ from typing import Any
 
 from . import jsonfile as jf
 from .errors import SchemaError
-from .jsonfile import as_dict, as_float, as_int, as_list, as_pair, as_str, tolist
+from .jsonfile import as_dict, as_float, as_int, as_list, as_str, tolist
 
 #: Version of the layout written by :func:`encode`; readers refuse newer ones.
 SCHEMA_VERSION = 1
@@ -57,14 +57,9 @@ def decode(d: Any) -> dict[str, Any]:
     """The constructor fields of a step graph (``nodes`` as ``(name, kind, start, end, text)``);
     :class:`SchemaError` on an unknown schema or bad content."""
     jf.check_header(d, FORMAT_NAME, SCHEMA_VERSION)
-    try:
+    with jf.fields_of("step graph"):
         out = {
-            "model": as_str(d["model"]),
-            "ids": [as_int(i) for i in as_list(d["ids"])],
-            "tokens": [as_str(t) for t in as_list(d["tokens"])],
-            "roles": [as_str(r) for r in as_list(d["roles"])],
-            "output": as_pair(d["output"]),
-            "reasoning": as_pair(d["reasoning"]) if d["reasoning"] is not None else None,
+            **jf.sequence_fields(d),
             "nodes": [_node(n) for n in as_list(d["nodes"])],
             "traced": [as_int(i) for i in as_list(d["traced"])],
             **{name: jf.tensor(d[name], ndim, "step graph") for name, ndim in TENSORS.items()},
@@ -74,12 +69,6 @@ def decode(d: Any) -> dict[str, Any]:
             "timings": {as_str(k): as_float(v) for k, v in as_dict(d.get("timings", {})).items()},
             "version": as_str(d.get("ftlens_version", "")),
         }
-    except SchemaError:
-        raise
-    except KeyError as exc:
-        raise SchemaError(f"corrupt ftlens step graph: field {exc} is missing; re-create the file with ftlens") from None
-    except (TypeError, ValueError, IndexError, AttributeError, OverflowError, RuntimeError) as exc:
-        raise SchemaError(f"corrupt ftlens step graph ({type(exc).__name__}: {exc}); re-create the file with ftlens") from None
     check(out)
     return out
 

@@ -34,6 +34,15 @@ def _is_type_checking(node: ast.If) -> bool:
     )
 
 
+def _from_module(node: ast.ImportFrom, package: str) -> str:
+    """The absolute module a ``from ... import`` statement in ``package`` reads from."""
+    if not node.level:
+        return node.module or ""
+    base = package.split(".")
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def _imports(name: str, path: Path, known: set[str]) -> set[str]:
     """ftlens modules that ``name`` imports (resolved: ``from . import x`` -> the submodule x)."""
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
@@ -47,12 +56,7 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.split(".")[0] == "ftlens")
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - (node.level - 1)]
-                mod = ".".join(base + ([node.module] if node.module else []))
-            else:
-                mod = node.module or ""
+            mod = _from_module(node, package)
             if mod.split(".")[0] != "ftlens":
                 return
             subs = [f"{mod}.{a.name}" for a in node.names if f"{mod}.{a.name}" in known]
@@ -142,12 +146,7 @@ def _private_imports(mods: dict[str, Path] | None = None) -> list[str]:
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
             if not isinstance(node, ast.ImportFrom):
                 continue
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - (node.level - 1)]
-                mod = ".".join(base + ([node.module] if node.module else []))
-            else:
-                mod = node.module or ""
+            mod = _from_module(node, package)
             if mod.split(".")[0] != "ftlens":
                 continue
             for alias in node.names:
