@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 from .errors import FtlensError
 from .jobs import Outcome, ids_sha256, index_name, run_jobs
-from .jsonl import BadLine, Record, file_key, line_id, parse_record, read_records, record_request
+from .jsonl import BadLine, Record, file_key, line_id, parse_record, read_records, record_request, run_request
 from .options import TraceOptions
 from .result import Trace
 
@@ -46,14 +46,14 @@ __all__ = ["Record", "BadLine", "Outcome", "file_key", "line_id", "parse_record"
            "index_name", "run_settings", "record_request", "run_batch", "TraceStore"]
 
 
-def run_settings(args: Any) -> dict[str, Any]:
-    """The run-level part of a trace's request (every record of this run): the options' request
-    (:meth:`TraceOptions.request`) and the model and dtype asked for."""
+def run_settings(args: Any, options: TraceOptions | None = None) -> dict[str, Any]:
+    """The run-level part of a trace's request for parsed ``ftlens`` flags (:func:`run_request`:
+    the options and the model and dtype asked for)."""
     from .models import resolve_dtype
 
-    return {**TraceOptions.from_args(args).request(),
-            "model": "default" if args.model is None else str(args.model),
-            "dtype": str(resolve_dtype(args.dtype)).removeprefix("torch.")}
+    return run_request(options if options is not None else TraceOptions.from_args(args),
+                       "default" if args.model is None else str(args.model),
+                       str(resolve_dtype(args.dtype)).removeprefix("torch."))
 
 
 def existing_ok(path: Path) -> Trace | None:
@@ -75,6 +75,7 @@ class TraceStore:
     trace_fn: Callable[[Record], Trace]
     request_fn: Callable[[Record], dict[str, Any]]
     noun: str = "traces"
+    clash_hint: str = "pass --resume to keep them and do the rest, or use another --out folder"
 
     def path(self, key: str) -> Path:
         return self.out / f"{key}.json"
@@ -94,16 +95,19 @@ class TraceStore:
         tr.params["request"] = request
         tr.save(path)
 
+    def keep(self, tr: Trace) -> dict[str, Any]:
+        """Of a trace, what the index shows: ``positions``, ``output`` and the top-5 prompt tokens."""
+        return {"positions": len(tr.tokens), "output": list(tr.output),
+                "top": [[t.pos, t.token, round(t.score, 6)] for t in tr.top(5)]}
+
     def index_row(self, o: Outcome) -> dict[str, Any]:
-        """``line, id, file, status, error`` and, for ``ok`` records, ``positions``, ``output``, the
-        top-5 prompt tokens ``top`` and (when re-traced) ``stale``."""
+        """``line, id, file, status, error`` and, for ``ok`` records, what :meth:`keep` kept and
+        (when re-traced) ``stale``."""
         ok = o.status == "ok"
         row: dict[str, Any] = {"line": o.line, "id": o.id, "file": f"{o.key}.json" if ok else None,
                                "status": o.status, "error": o.error}
         if ok:
-            tr = o.result
-            row.update(positions=len(tr.tokens), output=list(tr.output),
-                       top=[[t.pos, t.token, round(t.score, 6)] for t in tr.top(5)])
+            row.update(o.result)
             if o.stale and not o.skipped:
                 row["stale"] = o.stale
         return row

@@ -24,7 +24,7 @@ import torch
 from .bridge import device_of, hf_model
 from .chat import format_prompt
 from .errors import SpanError, TraceError
-from .options import STOP_AT
+from .options import TraceOptions
 
 __all__ = ["Generation", "generate_ids", "generate", "resolve_stop_at"]
 
@@ -43,9 +43,8 @@ class Generation:
 
 
 def resolve_stop_at(stop_at: str, chat_formatted: bool) -> str:
-    """``"auto"`` -> ``"eos"`` for a chat-formatted prompt, ``"line"`` for raw text; else as given."""
-    if stop_at not in STOP_AT:
-        raise TraceError(f"stop_at must be one of {', '.join(STOP_AT)}, got {stop_at!r}")
+    """``"auto"`` -> ``"eos"`` for a chat-formatted prompt, ``"line"`` for raw text; else as given
+    (a checked :data:`~ftlens.options.STOP_AT` value)."""
     if stop_at == "auto":
         return "eos" if chat_formatted else "line"
     return stop_at
@@ -106,8 +105,7 @@ def generate_ids(
     their decoded text with special tokens dropped.  ``prompt`` / ``messages`` / ``system`` as
     in :func:`trace`.
     """
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-        raise TraceError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    TraceOptions(max_new_tokens=max_new_tokens, stop_at=stop_at, chat_template=chat_template)  # the one check
     tok = model.tokenizer
     formatted, special = format_prompt(tok, prompt, chat_template, messages=messages, system=system)
     mode = resolve_stop_at(stop_at, chat_formatted=not special)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from .errors import FtlensError, ModelLoadError, SpanError
 from .fileio import atomic_write_text
@@ -44,7 +44,8 @@ LABELS = {"prompt_sha256": "prompt", "target_sha256": "target", "output": "outpu
 class Outcome:
     """What became of one input line: ``status`` is ``ok``, ``failed``, ``bad-line`` or
     ``pending`` (not reached); ``skipped``: kept from an earlier run (``resume``); ``stale``: why a
-    stored result was made again; ``result``: the client's result (``ok`` only)."""
+    stored result was made again; ``result``: what the client keeps of its result
+    (:meth:`Store.keep`; ``ok`` only)."""
 
     line: int
     key: str | None
@@ -62,6 +63,8 @@ class Store(Protocol):
 
     #: what the folder holds, for the clash message ("traces", "results")
     noun: str
+    #: how to go on, at the end of the clash message (the flag or keyword of the client)
+    clash_hint: str
 
     def path(self, key: str) -> Path:
         """Where the result of the record with ``key`` lives in the folder."""
@@ -77,6 +80,10 @@ class Store(Protocol):
 
     def save(self, path: Path, result: Any, request: dict[str, Any]) -> None:
         """Store ``result`` with ``request`` (which holds ``ids_sha256``), atomically."""
+
+    def keep(self, result: Any) -> Any:
+        """What the outcome keeps of a result made or loaded (``Outcome.result``): a large result
+        (a whole trace) is reduced here, so a long run does not hold every one in memory."""
 
     def index_row(self, outcome: Outcome) -> dict[str, Any]:
         """The index line of one outcome."""
@@ -105,19 +112,19 @@ def check_no_clash(records: Sequence[Record], store: Store, folder: Path) -> Non
     clash = [r.key for r in records if store.path(r.key).exists()]
     if clash:
         name = store.path(clash[0]).relative_to(folder)
-        raise SpanError(
-            f"{folder} already holds {store.noun} for {len(clash)} of these records (e.g. {name}); "
-            "pass --resume (resume=True) to keep them and do the rest, or use another folder"
-        )
+        raise SpanError(f"{folder} already holds {store.noun} for {len(clash)} of these records (e.g. {name}); "
+                        f"{store.clash_hint}")
 
 
 def run_jobs(records: Sequence[Record], bad: Sequence[BadLine], folder: Path | None, store: Store, *,
              shard: tuple[int, int] = (0, 1), resume: bool = False, progress: bool = False,
-             desc: str = "jobs") -> list[Outcome]:
+             desc: str = "jobs", on_ready: Callable[[], None] | None = None) -> list[Outcome]:
     """Make (or keep) the result of every record of this shard; see the module docstring.
 
-    ``folder=None``: nothing is read or written (results only in the outcomes).  Returns one
-    :class:`Outcome` per input line of the shard (bad lines included), in line order.
+    ``folder=None``: nothing is read or written (results only in the outcomes).  ``on_ready``:
+    called once the folder is checked and made, before the first record (e.g. to write the run's
+    settings beside the results).  Returns one :class:`Outcome` per input line of the shard (bad
+    lines included), in line order.
     """
     if folder is not None:
         if folder.exists() and not folder.is_dir():
@@ -126,6 +133,8 @@ def run_jobs(records: Sequence[Record], bad: Sequence[BadLine], folder: Path | N
             check_no_clash(records, store, folder)
         for parent in {folder, *(store.path(r.key).parent for r in records)}:
             parent.mkdir(parents=True, exist_ok=True)
+    if on_ready is not None:
+        on_ready()
     outcomes = {b.line: Outcome(b.line, None, b.id, "bad-line", b.message) for b in bad}
     for r in records:
         outcomes[r.line] = Outcome(r.line, r.key, r.id, "pending")
@@ -158,7 +167,7 @@ def _one(o: Outcome, r: Record, folder: Path | None, store: Store, resume: bool)
         result, have, ids = done
         o.stale = stale_reasons(have, request, ids)
         if not o.stale:
-            o.status, o.skipped, o.result = "ok", True, result
+            o.status, o.skipped, o.result = "ok", True, store.keep(result)
             return
     try:
         result, ids = store.make(r)
@@ -169,4 +178,4 @@ def _one(o: Outcome, r: Record, folder: Path | None, store: Store, resume: bool)
     except (FtlensError, RuntimeError) as exc:
         o.status, o.error = "failed", " ".join(str(exc).split())
         return
-    o.status, o.result = "ok", result
+    o.status, o.result = "ok", store.keep(result)

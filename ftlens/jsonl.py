@@ -21,7 +21,8 @@ from typing import Any, Sequence
 from .errors import FtlensError, SpanError
 from .options import TraceOptions
 
-__all__ = ["Record", "BadLine", "file_key", "line_id", "parse_record", "read_records", "record_request", "sha256",
+__all__ = ["Record", "BadLine", "file_key", "line_id", "parse_record", "read_records", "run_request", "record_request",
+           "sha256",
            "ids_sha256"]
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -136,6 +137,12 @@ def read_records(path: str | Path, shard: tuple[int, int] = (0, 1)) -> tuple[lis
         if mine:
             records.append(rec)
     return records, bad
+
+
+def run_request(options: TraceOptions, model: str, dtype: str) -> dict[str, Any]:
+    """The run-level part of a result's request (every record of a run): the options' request
+    (:meth:`TraceOptions.request`) and the model and dtype it ran with."""
+    return {**options.request(), "model": model, "dtype": dtype}
 
 
 def record_request(r: Record, options: TraceOptions | None = None) -> dict[str, Any]:

@@ -36,6 +36,9 @@ STOP_ROWS = ("keep", "skip")
 HANDOFF = ("reasoning", "target")
 #: Where a generated target stops: auto (line for raw-text prompts, eos for chat ones), line, eos.
 STOP_AT = ("auto", "line", "eos")
+#: The options the capture reads (:func:`ftlens.pipeline.prepare`): how the target is generated
+#: and the guard's tolerance; :func:`ftlens.pipeline.attribute` on that capture cannot change them.
+CAPTURE_OPTIONS = ("chat_template", "max_new_tokens", "stop_at", "completeness_tol")
 #: Largest ``hops`` accepted; recursion stops earlier once the pending mass is <= PENDING_TOL.
 MAX_HOPS = 1000
 #: Pending (reasoning) mass below which further hops change no score by more than this.
@@ -153,6 +156,9 @@ def check(o: TraceOptions) -> None:
         raise TraceError(f"stop_rows must be 'keep' or 'skip' (the target's ',' '.' and blank rows), got {o.stop_rows!r}")
     if o.handoff not in HANDOFF:
         raise TraceError(f"handoff must be 'reasoning' or 'target' (which mass a hop re-traces), got {o.handoff!r}")
+    if o.handoff != "reasoning" and o.method != "flashtrace":
+        raise TraceError(f"handoff={o.handoff!r} applies to method 'flashtrace' only ({o.method!r} makes one pass "
+                         "and hands nothing on); drop handoff or use method 'flashtrace'")
     if o.stop_at not in STOP_AT:
         raise TraceError(f"stop_at must be 'auto', 'line' or 'eos' (where a generated target stops), got {o.stop_at!r}")
     hops = o.hops

@@ -23,7 +23,7 @@ from .aggregate import default_tolerance, span_shares, tokenwise_shares
 from .capture import LayerState, ModelInfo, capture, model_info
 from .errors import SpanError, TraceError
 from .generation import generate_ids
-from .options import PENDING_TOL, TraceOptions
+from .options import CAPTURE_OPTIONS, PENDING_TOL, TraceOptions
 from .progress import Progress
 from .recursion import explained_span, recurse, traced_rows
 from .records import HopRecord, Shares
@@ -32,6 +32,11 @@ from .spans import Sequence, SpanSpec, build_sequence
 from .tokens import stop_tokens
 
 __all__ = ["trace", "prepare", "attribute", "Captured", "model_name"]
+
+#: The order of ``Trace.params`` in files (that of traces written before options became one
+#: value; options added since follow).
+PARAMS_ORDER = ("hops", "hops_run", "threshold", "chat_template", "rows", "explain", "stop_rows", "completeness_tol",
+                "family", "generated", "stopped_on_eos", "chat_formatted", "stop_at", "stopped_on")
 
 
 @dataclass
@@ -42,7 +47,8 @@ class Captured:
     and per-layer parameters; ``states``: per-layer :class:`~ftlens.capture.LayerState` of the
     target rows; ``row_pos``: their positions; ``tol``: the completeness guard's tolerance;
     ``model``: the model's name; ``tokenizer``: its tokenizer; ``generated``, ``stopped_on_eos``,
-    ``stopped_on``: how a generated target ended.
+    ``stopped_on``: how a generated target ended; ``options``: the options it was prepared with
+    (:func:`attribute`'s defaults); ``prepare_s``: its seconds.
     """
 
     seq: Sequence
@@ -57,6 +63,8 @@ class Captured:
     stopped_on: str | None = None
     model: str = "unknown"
     tokenizer: Any = field(default=None, repr=False)
+    options: TraceOptions = field(default_factory=TraceOptions)
+    prepare_s: float = 0.0
 
     @functools.cached_property
     def stop(self) -> Tensor:
@@ -94,7 +102,7 @@ def prepare(
     one capture pass; unsupported model structures are refused before any forward pass.
     ``options`` (or option keywords, e.g. ``chat_template=False``): the generation options and
     the guard's tolerance are read here.  ``collect(seq)``: read-only hooks for that same pass,
-    made once the sequence is known (e.g. :class:`ftlens.residual.DLACollector`'s, so DLA needs
+    made once the sequence is known (e.g. :class:`ftlens.dla.DLACollector`'s, so DLA needs
     no forward pass of its own)."""
     opts = options_from(options, option_values)
     info = model_info(model)
@@ -128,7 +136,7 @@ def prepare(
     timings["capture"] = time.perf_counter() - t0
     row_pos = torch.arange(seq.prompt_len, seq.n, device=states[0].a.device)
     return Captured(seq, info, states, row_pos, tol, timings, t_start, generated, stopped_on_eos, stopped_on,
-                    model_name(model), model.tokenizer)
+                    model_name(model), model.tokenizer, opts, time.perf_counter() - t_start)
 
 
 def model_name(model: Any) -> str:
@@ -197,9 +205,8 @@ def trace(
     recursion) or ``"target"`` (every target token's, the answer's own included, as the reference
     package does; the output mass is then 0; :mod:`ftlens.recursion`).
     """
-    opts = TraceOptions(method=method, hops=hops, explain=explain, threshold=threshold, chat_template=chat_template,
-                        max_new_tokens=max_new_tokens, completeness_tol=completeness_tol, stop_rows=stop_rows,
-                        stop_at=stop_at, handoff=handoff)
+    given = locals()
+    opts = TraceOptions(**{name: given[name] for name in TraceOptions.__dataclass_fields__})
     cap = prepare(model, prompt, target, options=opts, target_ids=target_ids, messages=messages, system=system,
                   output=output, reasoning=reasoning, progress=progress, collect=collect)
     return attribute(cap, opts, progress=progress)
@@ -207,10 +214,16 @@ def trace(
 
 def attribute(cap: Captured, options: TraceOptions | None = None, *, progress: bool = False,
               **option_values: Any) -> Trace:
-    """The trace of ``cap``'s sequence with ``options`` (or option keywords): the span passes and
-    the recursion on the captured state, no forward pass.  The generation options and the
-    guard's tolerance were used by :func:`prepare`; the trace records the ones it ran with."""
-    opts = options_from(options, option_values)
+    """The trace of ``cap``'s sequence with ``options`` (default: the options ``cap`` was prepared
+    with; option keywords replace some of them): the span passes and the recursion on the captured
+    state, no forward pass.  The capture's own options (:data:`~ftlens.options.CAPTURE_OPTIONS`:
+    generation and the guard's tolerance) were used by :func:`prepare` and cannot change here."""
+    opts = options_from(cap.options if options is None else options, option_values)
+    changed = [k for k in CAPTURE_OPTIONS if getattr(opts, k) != getattr(cap.options, k)]
+    if changed:
+        raise TraceError(f"{', '.join(changed)} cannot change after the capture (it was prepared with "
+                         + ", ".join(f"{k}={getattr(cap.options, k)!r}" for k in changed)
+                         + "); pass them to prepare() instead")
     seq, info, states, row_pos, tol = cap.seq, cap.info, cap.states, cap.row_pos, cap.tol
     row_start, n_rows = seq.prompt_len, seq.n - seq.prompt_len
     timings = dict(cap.timings)
@@ -247,11 +260,12 @@ def attribute(cap: Captured, options: TraceOptions | None = None, *, progress: b
             scores = rec.final
             output_mass, unresolved = rec.output_mass, rec.unresolved
     timings["attribution"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - cap.t_start
+    timings["total"] = cap.prepare_s + timings["attribution"]
     generated = cap.generated
     params = {**opts.params(generated), "hops_run": len(hop_records) - 1, "rows": n_rows, "completeness_tol": tol,
               "family": info.family.kind, "generated": generated, "stopped_on_eos": cap.stopped_on_eos,
               "chat_formatted": seq.chat_formatted, **({"stopped_on": cap.stopped_on} if generated else {})}
+    params = {**{k: params[k] for k in PARAMS_ORDER if k in params}, **params}
     return Trace(
         model=cap.model,
         method=opts.method,

@@ -73,7 +73,6 @@ class LogitLens:
         return [f"L{l}" for l in range(n)] + ["final"]
 
 
-
 def logit_lens(
     model: Any,
     trace: Any = None,
@@ -152,7 +151,6 @@ class HeadComparison:
             (*unravel_head(i, n_h), float(flat_m[i]), float(flat_d[i]), int(dla_rank[i]) + 1)
             for i in order
         ]
-
 
 
 def _ranks(x: Tensor) -> Tensor:

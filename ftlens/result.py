@@ -43,7 +43,7 @@ class Trace:
     timings: dict[str, float] = field(default_factory=dict)
     version: str = ""
 
-    # ------------------------------------------------------------------ views
+    # ------------------------------------------------------------------ questions
     @property
     def n_layers(self) -> int:
         return int(self.hops[0].heads.shape[0])
@@ -125,7 +125,8 @@ class Trace:
 
     @property
     def thinking_ratios(self) -> list[float]:
-        """``|mu_k|`` per hop: mass still on reasoning tokens after hop ``k``."""
+        """``|mu_k|`` per hop: mass still pending after hop ``k``, on reasoning tokens (with
+        ``handoff="target"`` on every target token, the answer's own included)."""
         return [h.thinking_ratio for h in self.hops]
 
     def scores_after(self, k: int) -> Float[Tensor, " pos"]:
@@ -133,9 +134,11 @@ class Trace:
         after ``k`` hops; for one-pass methods ``k = 0`` is ``scores``).  A recursion that stopped
         early (pending mass <= ``PENDING_TOL``) has its final scores for every later ``k``; a ``k``
         beyond the hops the trace was asked for is refused."""
-        asked = int(self.params.get("hops", len(self.hops) - 1) or 0)
-        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= max(asked, len(self.hops) - 1):
-            raise TraceError(f"hop {k!r} is out of range; this trace ran hops 0..{max(asked, len(self.hops) - 1)}")
+        ran = len(self.hops) - 1
+        asked = max(int(self.params.get("hops", ran) or 0), ran)
+        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= asked:
+            stopped = f" (it ran {ran}: the pending mass vanished, later hops keep its scores)" if ran < asked else ""
+            raise TraceError(f"hop {k!r} is out of range; this trace was asked for hops 0..{asked}{stopped}")
         out = torch.zeros_like(self.hops[0].scores)
         for h in self.hops[: k + 1]:
             out = out + h.scores
@@ -311,6 +314,8 @@ class Trace:
             + (f", reasoning {self.reasoning[0]}:{self.reasoning[1]}" if self.reasoning else ", no reasoning")
             + ("; hop 0 explains reasoning + output" if self.params.get("explain") == "target" else "")
             + ("; the target's ',' '.' and blank rows are not traced" if self.params.get("stop_rows") == "skip" else "")
+            + ("; hops re-trace every target token's mass, the answer's own included (handoff=target)"
+               if self.params.get("handoff") == "target" else "")
         )
         lines.append(f"output: {_shown(self.span_text('output'))}")
         if self.reasoning is not None:

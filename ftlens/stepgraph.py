@@ -26,6 +26,9 @@ from .segments import BY, Segment, char_segments, role_runs, split_run
 __all__ = ["Node", "Route", "StepGraph", "step_graph", "graph_nodes", "absorb", "fold_loops", "loop_scale",
            "top_routes"]
 
+#: The keywords of :func:`ftlens.trace` a step graph takes (how the sequence is made).
+INPUTS = ("target_ids", "messages", "system", "output", "reasoning", "chat_template", "max_new_tokens", "stop_at")
+
 #: Traced nodes per batched span pass (bounds the ``[vec, layer, head, pos]`` shares held at once).
 BATCH = 16
 
@@ -116,7 +119,7 @@ def step_graph(
     """Build the step graph of ``target`` (see the module docstring).
 
     ``prompt``, ``target`` and the keywords ``target_ids``, ``messages``, ``system``, ``output``,
-    ``reasoning``, ``chat_template``, ``max_new_tokens`` are as in :func:`ftlens.trace`; a target
+    ``reasoning``, ``chat_template``, ``max_new_tokens``, ``stop_at`` are as in :func:`ftlens.trace`; a target
     without a reasoning span has no steps (the graph is the answer's own span pass).  ``steps``
     and ``segments`` say how the reasoning and the user prompt are split (``"sentence"``,
     ``"line"``, ``"word"``, ``"token"``, or character spans of that text).  ``captured``: reuse
@@ -125,6 +128,10 @@ def step_graph(
     :func:`ftlens.tokens.stop_tokens`), all of them when it has no other; every position still
     belongs to its node, so the bookkeeping is unchanged.
     """
+    unknown = sorted(set(inputs) - set(INPUTS))
+    if unknown:  # e.g. hops= or explain=: a step graph traces every step itself, they would be ignored
+        raise TypeError(f"step_graph() got an unexpected keyword argument {unknown[0]!r}; it takes "
+                        f"{', '.join(INPUTS)} besides its own")
     option_values = {k: inputs.pop(k) for k in ("chat_template", "max_new_tokens", "stop_at") if k in inputs}
     opts = TraceOptions(threshold=threshold, completeness_tol=completeness_tol, stop_rows=stop_rows, **option_values)
     t0 = time.perf_counter()

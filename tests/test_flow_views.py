@@ -14,6 +14,7 @@ import torch
 
 import ftlens
 from ftlens import render
+from ftlens.segments import role_runs
 from ftlens.errors import TraceError
 from ftlens.examples import NEEDLE_PROMPT, NEEDLE_TARGET
 from ftlens.render.flow_views import flow_data
@@ -126,7 +127,7 @@ def test_heatmap_colours_reasoning_tokens_by_their_relayed_mass(trace):
     view = render.token_heatmap(trace)
     comps = [p for p in view.parts if p.component is not None]
     mu = trace.relayed_mass().sum(0)
-    reasoning = [(p, a, b) for p, (role, a, b) in zip(comps, render.role_runs(trace.roles)) if role == "reasoning"]
+    reasoning = [(p, a, b) for p, (role, a, b) in zip(comps, [(role, a, b) for a, b, role in role_runs(trace.roles)]) if role == "reasoning"]
     assert reasoning
     for p, a, b in reasoning:
         torch.testing.assert_close(p.props["values"], mu[a:b])
@@ -136,7 +137,7 @@ def test_heatmap_colours_reasoning_tokens_by_their_relayed_mass(trace):
     assert "Trace.relayed_mass().sum(0)" in view.html() and "totals 1" in view.html()
     # without relayed, the old view: final scores everywhere
     plain = [p for p in render.token_heatmap(trace, relayed=False).parts if p.component is not None]
-    for p, (role, a, b) in zip(plain, render.role_runs(trace.roles)):
+    for p, (role, a, b) in zip(plain, [(role, a, b) for a, b, role in role_runs(trace.roles)]):
         torch.testing.assert_close(p.props["values"], trace.scores[a:b].float())
 
 

@@ -11,6 +11,7 @@ import torch
 
 import ftlens
 from ftlens import render
+from ftlens.segments import role_runs
 from ftlens.examples import NEEDLE_PROMPT, NEEDLE_TARGET
 
 BUNDLE_MARK = "var CircuitsVis="
@@ -68,7 +69,7 @@ def test_heatmap_has_one_colored_tokens_per_role_run_covering_the_sequence(trace
     assert all(p.component == "ColoredTokens" for p in comps)
     tokens = [t for p in comps for t in p.props["tokens"]]
     assert tokens == render.display_tokens(trace.tokens)
-    runs = render.role_runs(trace.roles)
+    runs = [(role, a, b) for a, b, role in role_runs(trace.roles)]
     assert len(comps) == len(runs)
     mu = trace.relayed_mass().sum(0)  # reasoning runs: relayed mass, on a scale of their own
     for p, (role, a, b) in zip(comps, runs):

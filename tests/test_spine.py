@@ -31,12 +31,14 @@ def test_every_flag_parses_back_to_the_options_defaults():
 def test_flags_set_every_option_they_name():
     from ftlens.cli import build_parser
 
-    args = build_parser().parse_args(["trace", "--prompt", "p", "--method", "ifr-span", "--hops", "0", "--explain",
+    args = build_parser().parse_args(["trace", "--prompt", "p", "--method", "flashtrace", "--hops", "0", "--explain",
                                       "target", "--stop-rows", "skip", "--threshold", "0.01", "--max-new-tokens", "9",
                                       "--stop-at", "eos", "--no-chat-template", "--handoff", "target"])
-    assert TraceOptions.from_args(args) == TraceOptions(method="ifr-span", hops=0, explain="target", stop_rows="skip",
+    assert TraceOptions.from_args(args) == TraceOptions(method="flashtrace", hops=0, explain="target", stop_rows="skip",
                                                         threshold=0.01, max_new_tokens=9, stop_at="eos",
                                                         chat_template=False, handoff="target")
+    args = build_parser().parse_args(["trace", "--prompt", "p", "--method", "ifr-span"])
+    assert TraceOptions.from_args(args).method == "ifr-span"
     flags = {f.metadata["cli"]["flag"] for f in dataclasses.fields(TraceOptions) if f.metadata["cli"]}
     assert flags == {"--method", "--hops", "--explain", "--stop-rows", "--threshold", "--max-new-tokens", "--stop-at",
                      "--no-chat-template", "--handoff"}
@@ -114,6 +116,7 @@ class _Store:
     """A store of text results: ``<key>.txt`` holds ``json({"request": ..., "value": ...})``."""
 
     noun = "results"
+    clash_hint = "pass resume=True"
 
     def __init__(self, out: Path, fail: set[str] = frozenset(), version: int = 1):
         self.out, self.fail, self.version, self.made = out, fail, version, []
@@ -139,6 +142,9 @@ class _Store:
     def save(self, path, value, request):
         path.write_text(json.dumps({"request": request, "value": value}))
 
+    def keep(self, value):
+        return value
+
     def index_row(self, o):
         return {"line": o.line, "id": o.id, "status": o.status, "error": o.error, "stale": o.stale or None}
 
@@ -160,7 +166,7 @@ def test_job_runner_resumes_keeps_current_results_and_remakes_stale_ones(tmp_pat
     assert [o.status for o in out] == ["ok", "bad-line", "ok"] and store.made == ["a", "b"]
     rows = [json.loads(x) for x in (store.out / "index.jsonl").read_text().splitlines()]
     assert [r["status"] for r in rows] == ["ok", "bad-line", "ok"]
-    with pytest.raises(SpanError, match="already holds results for 2 of these records"):
+    with pytest.raises(SpanError, match="already holds results for 2 of these records .e.g. a.txt.; pass resume=True"):
         run_jobs(recs, bad, store.out, _Store(store.out))
     again = _Store(store.out)
     out = run_jobs(recs, bad, store.out, again, resume=True)
@@ -300,3 +306,52 @@ def test_handoff_reaches_the_command_line_and_the_batch_request(tiny_cli, capsys
     assert rc == 0 and "different handoff: 1" in out  # the default hand-off re-traces it
     rc, out, err = run_cli(capsys, "trace", "--prompt", PROMPT, "--target", CHAIN, "--handoff", "answer")
     assert rc == 2 and "invalid choice: 'answer'" in err
+
+
+# ------------------------------------------------------------------ found in review
+def test_the_command_runs_as_a_module():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "ftlens.cli", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "commands: trace" in r.stdout
+
+
+def test_a_batch_keeps_what_its_index_shows_not_every_trace(tiny_llama, tmp_path):
+    from ftlens.batch import run_batch
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": f"r{i}", "prompt": PROMPT, "target": TARGET}) + "\n" for i in range(2)))
+    out = run_batch(src, tmp_path / "b", lambda r: ftlens.trace(tiny_llama, r.prompt, r.target),
+                    request_fn=lambda r: {"x": 1}, progress=False)
+    assert all(set(o.result) == {"positions", "output", "top"} for o in out)
+
+
+def test_attribute_runs_with_the_capture_options_and_refuses_to_change_them(tiny_llama):
+    from ftlens.pipeline import attribute, prepare
+
+    cap = prepare(tiny_llama, PROMPT, CHAIN, chat_template=False, hops=2)
+    tr = attribute(cap)
+    want = ftlens.trace(tiny_llama, PROMPT, CHAIN, chat_template=False, hops=2)
+    assert tr.params == want.params and torch.equal(tr.scores, want.scores)
+    assert attribute(cap, explain="target").params["chat_template"] is False
+    with pytest.raises(TraceError, match=r"chat_template cannot change after the capture \(it was prepared with "
+                                         r"chat_template=False\); pass them to prepare\(\) instead"):
+        attribute(cap, chat_template=None)
+    with pytest.raises(TraceError, match="completeness_tol cannot change after the capture"):
+        attribute(cap, TraceOptions(chat_template=False, completeness_tol=0.5))
+
+
+def test_options_a_step_graph_or_one_pass_method_would_ignore_are_refused(tiny_llama):
+    from ftlens.stepgraph import step_graph
+
+    with pytest.raises(TypeError, match="unexpected keyword argument 'explain'"):
+        step_graph(tiny_llama, PROMPT, CHAIN, explain="target")
+    with pytest.raises(TraceError, match="handoff='target' applies to method 'flashtrace' only"):
+        ftlens.trace(tiny_llama, PROMPT, CHAIN, method="ifr-span", handoff="target")
+
+
+def test_the_trace_file_keeps_its_params_order(tiny_llama):
+    tr = ftlens.trace(tiny_llama, PROMPT, TARGET)
+    assert list(tr.params)[:12] == ["hops", "hops_run", "threshold", "chat_template", "rows", "explain", "stop_rows",
+                                    "completeness_tol", "family", "generated", "stopped_on_eos", "chat_formatted"]

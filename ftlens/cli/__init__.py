@@ -26,14 +26,13 @@ import sys
 from typing import Sequence
 
 from ..errors import FtlensError
-from .args import (add_trace_flags, check_writable_dir, check_writable_file, nonneg_int, parse_shard, positive_int,
-                   read_text_arg)
+from .args import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, add_trace_flags, check_writable_dir,
+                   check_writable_file, nonneg_int, parse_shard, positive_int, read_text_arg)
 from .commands import cmd_batch, cmd_demo, cmd_show, cmd_study_merge, cmd_study_run, cmd_trace
 
 __all__ = ["main", "build_parser", "version_text", "read_text_arg", "parse_shard", "check_writable_dir",
            "check_writable_file", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_INTERRUPTED"]
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 _EXIT_CODES = "exit codes: 0 ok, 1 failure (one line 'ftlens: error: ...'), 2 usage error, 130 interrupted."
 
@@ -254,7 +253,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             hint = "; the traces written so far are kept: rerun the same command with --resume to do the rest"
         print(f"ftlens: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -17,7 +17,10 @@ from typing import Any, Sequence
 
 from ..errors import SpanError
 
-__all__ = ["add_trace_flags", "read_text_arg", "check_prompt", "nonneg_int", "positive_int", "parse_shard", "check_writable_dir",
+#: Exit codes: ok; failure (one line ``ftlens: error: ...``); usage error (argparse); Ctrl-C.
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+__all__ = ["EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_INTERRUPTED", "add_trace_flags", "read_text_arg", "check_prompt", "nonneg_int", "positive_int", "parse_shard", "check_writable_dir",
            "check_writable_file", "check_spans_with_tokenizer", "check_model_options", "set_threads", "prelude",
            "load"]
 
@@ -145,9 +148,7 @@ def set_threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
-
-
-def prelude(args: argparse.Namespace, *, trace: bool = True, out_dir: str | None = None, dir_flag: str = "--out",
+def prelude(args: argparse.Namespace, *, trace: bool = True, out_dir: str | None = None,
             out_files: Sequence[tuple[str | None, str]] = (), **fixed: Any):
     """A command's checks before its model loads, then ``--threads``; returns its
     :class:`~ftlens.options.TraceOptions` (from its flags and ``fixed``) when ``trace``."""
@@ -155,7 +156,7 @@ def prelude(args: argparse.Namespace, *, trace: bool = True, out_dir: str | None
 
     options = TraceOptions.from_args(args, **fixed) if trace else None
     if out_dir is not None:
-        check_writable_dir(out_dir, dir_flag)
+        check_writable_dir(out_dir, "--out")
     for path, flag in out_files:
         check_writable_file(path, flag)
     check_model_options(args)

@@ -12,11 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FtlensError
-from .args import check_prompt, check_spans_with_tokenizer, check_writable_dir, load, prelude, read_text_arg
+from .args import EXIT_OK, check_prompt, check_spans_with_tokenizer, check_writable_dir, load, prelude, read_text_arg
 
-__all__ = ["cmd_trace", "cmd_show", "cmd_batch", "cmd_study_run", "cmd_study_merge", "cmd_demo", "EXIT_OK"]
-
-EXIT_OK = 0
+__all__ = ["cmd_trace", "cmd_show", "cmd_batch", "cmd_study_run", "cmd_study_merge", "cmd_demo"]
 
 
 def _write_html(tr, path) -> Path:
@@ -77,7 +75,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from ..result import Trace
 
     opts = prelude(args, out_dir=args.out)
-    settings = run_settings(args)
+    settings = run_settings(args, opts)
     model: list[Any] = []
 
     def trace_fn(r: Record) -> Trace:
@@ -140,7 +138,8 @@ def cmd_study_run(args: argparse.Namespace) -> int:
     model = load(args)
     study = run_study(model, args.input, out=args.out, shard=shard, resume=args.resume, k=args.k, ks=args.ks,
                       draws=args.draws, causal=args.causal, causal_n=args.causal_n, rank_by=args.rank_by,
-                      options=opts, rows=args.rows, dla=not args.no_dla, seed=args.seed, settings=run_settings(args),
+                      options=opts, rows=args.rows, dla=not args.no_dla, seed=args.seed,
+                      settings=run_settings(args, opts),
                       progress=not args.no_progress)
     i, n = shard
     t = study.meta["timings"]
@@ -180,7 +179,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from ..examples import NEEDLE_PROMPT, NEEDLE_TARGET
 
-    opts = prelude(args, out_dir=args.out, hops=args.hops)
+    opts = prelude(args, out_dir=args.out)
     model = load(args)
     tr = ftlens.trace(model, NEEDLE_PROMPT, NEEDLE_TARGET, hops=opts.hops, progress=not args.no_progress)
     print(tr.summary(args.top))

@@ -48,7 +48,6 @@ from .view import (
     bundle_js,
     display_tokens,
     page,
-    role_runs,
     set_inline,
 )
 
@@ -78,5 +77,4 @@ __all__ = [
     "study_dla",
     "study_causal",
     "display_tokens",
-    "role_runs",
 ]

@@ -22,8 +22,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import SpanError
-from ..study.aggregate import causal_lines
-from ..study.stats import spearman, top_k
 from .view import Part, View, figure_part, heading, note, pyplot
 
 __all__ = ["study_heatmap", "study_head_tokens", "study_dla", "study_causal"]
@@ -87,6 +85,8 @@ def study_head_tokens(study: Any, layer: int, head: int, n: int = 3) -> Any:
 
 def study_dla(study: Any, measure: str = "prompt", k: int = 5) -> Any:
     """Scatter of each head's mean trace attribution against its mean DLA, top-k of each labelled."""
+    from ..study.stats import spearman, top_k  # the study package loads only when a study is drawn
+
     plt = pyplot()
     m, d = _grid(study, measure, "mean").flatten(), _grid(study, "dla", "mean").flatten()
     H = _grid(study, measure, "mean").shape[1]
@@ -127,6 +127,8 @@ def study_causal(study: Any) -> Any:
         ax.set(title=f"{mode}-ablation", ylabel="drop in log p(target span)")
         ax.legend(fontsize=8)
     fig.tight_layout()
+    from ..study.aggregate import causal_lines  # the study package loads only when a study is drawn
+
     lines = "".join(f"<li>{html.escape(x)}</li>" for x in causal_lines(rows))
     return View([heading("Causal validation"), figure_part(fig),
                  note("Drop = log p(span | clean) - log p(span | ablated), summed over the span; random: each "

@@ -13,13 +13,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..result import Trace
-from .view import (HEAD_UNIT, RELAYED_UNIT, ROLE_COLORS, Part, View, color, display_tokens, heading, note, role_runs,
-                   script, sig, to_json)
+from ..segments import role_runs
+from .view import (HEAD_UNIT, ROLE_COLORS, Part, View, color, display_tokens, heading, note, script, sig,
+                   to_json)
 
 __all__ = [
-    "ROLE_COLORS",
-    "HEAD_UNIT",
-    "RELAYED_UNIT",
     "relayed_values",
     "token_heatmap",
     "hop_channels",
@@ -28,6 +26,7 @@ __all__ = [
     "recursion_flow",
     "top_table",
 ]
+
 
 def _legend() -> Part:
     spans = "".join(
@@ -86,10 +85,10 @@ def token_heatmap(
             f"attribution, which totals 1. Their sum over the reasoning is the sum of the thinking ratios, "
             f"{float(mu_sum.sum()):.3f}."
         ))
-    for role, a, b in role_runs(trace.roles):
+    for a, b, role in role_runs(trace.roles):
         if role == "template" and not show_template:
             continue
-        color = ROLE_COLORS.get(role, "#7f7f7f")
+        role_color = ROLE_COLORS.get(role, "#7f7f7f")
         label = f"{role} {a}:{b}"
         props = {"tokens": toks[a:b], "values": vals[a:b], "minValue": -vmax, "maxValue": vmax}
         if mu_sum is not None and role == "reasoning":
@@ -100,8 +99,8 @@ def token_heatmap(
                      "positiveColor": ROLE_COLORS["reasoning"]}
         parts.append(
             Part(
-                html=f'<div class="ft-run ft-run-{role}" style="border-color:{color}">'
-                f'<span class="ft-label" style="color:{color}">{label}</span></div>',
+                html=f'<div class="ft-run ft-run-{role}" style="border-color:{role_color}">'
+                f'<span class="ft-label" style="color:{role_color}">{label}</span></div>',
                 component="ColoredTokens",
                 props=props,
             )
@@ -269,6 +268,10 @@ def recursion_flow(trace: Trace) -> View:
         f"<b>{trace.output_mass:.3f}</b>, unresolved on reasoning <b>{trace.unresolved:.3f}</b> "
         f"(they sum to 1). Thinking ratios: {', '.join(f'{r:.3f}' for r in trace.thinking_ratios)}."
     )
+    if trace.params.get("handoff") == "target":
+        final += (" With <code>handoff=\"target\"</code> the pending mass is on every target token, the "
+                  "answer's own included (the column \"→ reasoning\" and \"unresolved\" count it; the output "
+                  "itself keeps none).")
     return View(parts + [Part(html=table), note(final)], "Recursion")
 
 

@@ -34,7 +34,7 @@ from torch import Tensor
 from ..fileio import atomic_write_text
 
 __all__ = ["View", "Part", "page", "set_inline", "bundle_js", "asset", "script", "to_json", "identifier",
-           "heading", "note", "CSS", "ROLE_COLORS", "HEAD_UNIT", "RELAYED_UNIT", "display_tokens", "role_runs", "color",
+           "heading", "note", "CSS", "ROLE_COLORS", "HEAD_UNIT", "RELAYED_UNIT", "display_tokens", "color",
            "sig", "figure_part", "pyplot"]
 
 _INLINE = True
@@ -223,16 +223,6 @@ RELAYED_UNIT = "relayed mass (share of the answer's attribution, which totals 1)
 def display_tokens(tokens: Sequence[str]) -> list[str]:
     """Make whitespace visible: newline as '↵', keep other text."""
     return [t.replace("\n", "↵") if t.strip() == "" or "\n" in t else t for t in tokens]
-
-
-def role_runs(roles: Sequence[str]) -> list[tuple[str, int, int]]:
-    runs: list[tuple[str, int, int]] = []
-    for i, r in enumerate(roles):
-        if runs and runs[-1][0] == r:
-            runs[-1] = (r, runs[-1][1], i + 1)
-        else:
-            runs.append((r, i, i + 1))
-    return runs
 
 
 def color(v: float, vmax: float) -> str:

@@ -8,7 +8,7 @@ the ranking of ``Trace.top_heads``) and the prompt positions ``P``, the example 
 - ``heads["prompt"][l, h] = sum_{s in P} R[l, h, s]``;
 - ``heads["evidence"]``: the same sum over the evidence tokens (records with evidence);
 - ``heads["dla"]``: the head's direct logit attribution to the output span's summed target
-  logits (:func:`ftlens.residual.direct_logit_attribution`), when ``dla=True``;
+  logits (:func:`ftlens.dla.direct_logit_attribution`), when ``dla=True``;
 - ``segments[name]``: the sum over each prompt segment's tokens;
 
 plus the top heads by ``heads["prompt"]``, the prompt tokens and their final scores, for the
@@ -78,7 +78,7 @@ def extract(model: Any, tr: Any, rec: StudyRecord, *, chat_template: bool | None
     """The stored result of one example (a JSON-ready dict; see the module docstring).
 
     ``dla_result``: the trace's DLA already computed in its own forward pass
-    (:class:`ftlens.residual.DLACollector`); without it, ``dla=True`` runs one more pass."""
+    (:class:`ftlens.dla.DLACollector`); without it, ``dla=True`` runs one more pass."""
     pp = tr.prompt_positions
     L, H = tr.n_layers, tr.n_heads
     evidence, segments = prompt_regions(model.tokenizer, rec, pp, chat_template)
@@ -88,7 +88,7 @@ def extract(model: Any, tr: Any, rec: StudyRecord, *, chat_template: bool | None
     heads["evidence"] = _f32(routed[:, :, evidence].sum(-1)) if evidence is not None else None
     heads["dla"] = None
     if dla and dla_result is None:
-        from ..residual import direct_logit_attribution
+        from ..dla import direct_logit_attribution
 
         dla_result = direct_logit_attribution(model, tr)
     if dla:

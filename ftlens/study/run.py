@@ -36,10 +36,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import SpanError
 from ..fileio import atomic_write_text
-from ..jobs import Outcome, check_no_clash, ids_sha256, run_jobs
-from ..jsonl import BadLine, record_request
+from ..jobs import Outcome, ids_sha256, run_jobs
+from ..jsonl import BadLine, record_request, run_request
 from ..options import TraceOptions
-from ..residual import DLACollector
+from ..dla import DLACollector
 from . import aggregate as agg
 from .causal import ablate_example
 from .extract import FORMAT, extract, unpack
@@ -62,11 +62,12 @@ def load_json(path: Path) -> dict[str, Any] | None:
 
 
 def default_settings(model: Any, options: TraceOptions) -> dict[str, Any]:
-    """The run-level request when the caller gives none (as :func:`ftlens.batch.run_settings`)."""
+    """The run-level request when the caller gives none (:func:`ftlens.jsonl.run_request` with the
+    model's name and dtype)."""
     from ..pipeline import model_name
 
     dtype = getattr(getattr(model, "cfg", None), "dtype", None)
-    return {**options.request(), "model": model_name(model), "dtype": str(dtype).removeprefix("torch.")}
+    return run_request(options, model_name(model), str(dtype).removeprefix("torch."))
 
 
 def head_sets_of(examples: list[dict[str, Any]], settings: dict[str, Any]) -> dict[str, list[list[int]]]:
@@ -157,9 +158,16 @@ class ExampleStore:
     extraction: dict[str, Any]
     trace_fn: Callable[[StudyRecord], Any] | None = None
     noun: str = "results"
+    clash_hint: str = "pass resume=True / --resume to keep them and do the rest, or use another folder"
 
     def path(self, key: str) -> Path:
-        return Path(self.folder or ".") / "examples" / f"{key}.json"
+        if self.folder is None:
+            raise ValueError("a study without a folder stores nothing")
+        return self.folder / "examples" / f"{key}.json"
+
+    def keep(self, ex: dict[str, Any]) -> dict[str, Any]:
+        """The example itself: the study's tables are built from every example."""
+        return ex
 
     def request(self, r: StudyRecord) -> dict[str, Any]:
         return {**self.settings, **record_request(r, self.options), "evidence": r.evidence_spec,
@@ -240,7 +248,7 @@ def run_study(
     as in :func:`ftlens.trace`.  ``settings``: the run-level request (default from the model and
     the options).  ``trace_fn(record)`` replaces ``ftlens.trace`` (DLA then needs one more forward
     pass per example); without it the trace's own forward pass also reads DLA
-    (:class:`ftlens.residual.DLACollector`).
+    (:class:`ftlens.dla.DLACollector`).
     """
     from ..pipeline import options_from
 
@@ -257,20 +265,19 @@ def run_study(
     store = ExampleStore(Path(out) if out is not None else None, model, opts, settings or default_settings(model, opts),
                          {"top": top, "rows": rows, "dla": dla}, trace_fn)
     folder = store.folder
-    if folder is not None:
-        if folder.exists() and not folder.is_dir():
-            raise SpanError(f"study folder {str(folder)!r} is a file; pass a folder")
-        if not resume:
-            check_no_clash(recs, store, folder)
-        (folder / "examples").mkdir(parents=True, exist_ok=True)
+
+    def write_settings() -> None:
+        """``settings.json`` beside the examples (the runner has checked and made the folder);
+        shards of one study must agree on it."""
         old = load_json(folder / "settings.json")
         if old is not None and old != agg_settings and n > 1:
             raise SpanError(f"{folder}/settings.json was written with other study settings ({old}); shards of one "
                             "study must use the same --k/--ks/--draws/--seed/--rank-by")
         atomic_write_text(folder / "settings.json", json.dumps(agg_settings, indent=1) + "\n")
+
     t0 = time.perf_counter()
     outcomes = run_jobs(recs, bad, folder, store, shard=(i, n), resume=resume, progress=progress,
-                        desc=f"study {i}/{n}")
+                        desc=f"study {i}/{n}", on_ready=write_settings if folder is not None else None)
     t_extract = time.perf_counter() - t0
     examples = [o.result for o in outcomes if o.status == "ok"]
 
